@@ -1,0 +1,137 @@
+//! The command line: parse, load settings, dispatch, map outcomes to exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::lock::SyncLock;
+use crate::store::runs::{RunStatus, Trigger};
+use crate::store::Store;
+use crate::sync::{run_sync, SyncOptions};
+
+/// Exit codes: a contract for scripts and monitoring.
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// The sync failed or was interrupted (recorded in the database when it could be).
+    pub const FAILED: u8 = 1;
+    /// Usage or configuration error; nothing was touched.
+    pub const USAGE: u8 = 2;
+    /// Another sync holds the lock for this database (EX_TEMPFAIL).
+    pub const LOCKED: u8 = 75;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "roomsync",
+    version,
+    about = "Keeps a local SQLite mirror of an organisation's DingTalk meeting rooms",
+    after_help = "Exit codes: 0 success, 1 sync failed, 2 usage or configuration error, 75 another sync holds the lock."
+)]
+pub struct Cli {
+    /// Run one sync now and exit (trigger 'manual').
+    #[arg(long)]
+    pub sync_now: bool,
+
+    /// With --sync-now: let this one run remove more rooms than sync.max_removal_ratio allows.
+    #[arg(long, requires = "sync_now")]
+    pub allow_mass_removal: bool,
+
+    /// Configuration file [default: $ROOMSYNC_CONFIG, else /etc/roomsync/roomsync.toml].
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+/// The whole program; `main` only calls this.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if !cli.sync_now {
+        eprintln!("roomsync: nothing to do; use --sync-now (see --help)");
+        return ExitCode::from(exit::USAGE);
+    }
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("roomsync: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    crate::telemetry::init(&settings.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    ExitCode::from(runtime.block_on(sync_now(&settings, cli.allow_mass_removal)))
+}
+
+/// `--sync-now`: lock, open, run once, print the summary.
+async fn sync_now(settings: &Settings, allow_mass_removal: bool) -> u8 {
+    let db = &settings.database.path;
+    let lock = match SyncLock::try_acquire(db) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
+            eprintln!(
+                "roomsync: another sync of {} is running (lock {} is held); nothing was done",
+                db.display(),
+                crate::lock::lock_path(db).display()
+            );
+            return exit::LOCKED;
+        }
+        Err(e) => {
+            eprintln!(
+                "roomsync: cannot take the sync lock {}: {e}",
+                crate::lock::lock_path(db).display()
+            );
+            return exit::FAILED;
+        }
+    };
+    let store = match Store::open(db).await {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("roomsync: {e}");
+            return exit::FAILED;
+        }
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let options = SyncOptions {
+        trigger: Trigger::Manual,
+        allow_mass_removal,
+    };
+    let code = match run_sync(&store, settings, options, &lock, shutdown).await {
+        Ok(report) if report.status == RunStatus::Succeeded => {
+            println!("{report}");
+            exit::OK
+        }
+        Ok(report) => {
+            eprintln!("roomsync: {report}");
+            exit::FAILED
+        }
+        Err(e) => {
+            eprintln!("roomsync: {e}");
+            exit::FAILED
+        }
+    };
+    store.close().await;
+    code
+}
+
+/// Cancels `token` on the first SIGTERM or SIGINT.
+pub async fn cancel_on_signal(token: CancellationToken) {
+    let name = wait_for_signal().await;
+    tracing::warn!(signal = name, "shutdown requested");
+    token.cancel();
+}
+
+/// Waits for SIGTERM or SIGINT and names it.
+pub async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

@@ -1,0 +1,387 @@
+//! Settings: built-in defaults < TOML file < environment (`ROOMSYNC__<SECTION>__<KEY>`).
+//!
+//! Everything is validated here, before anything touches the network or the database, so a
+//! config error exits 2 with a message that names the key.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::Url;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// Where the configuration file is looked for when neither `--config` nor `$ROOMSYNC_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/roomsync/roomsync.toml";
+/// Default schedule: every 15 minutes, 7 minutes past the quarter, away from the top of the hour
+/// as DingTalk asks of batch jobs.
+pub const DEFAULT_CRON: &str = "0 7/15 * * * *";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {path} not found ({hint})")]
+    FileNotFound { path: PathBuf, hint: &'static str },
+    #[error("configuration: {0}")]
+    Parse(String),
+    #[error("configuration: {key}: {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        problem: problem.into(),
+    }
+}
+
+/// The validated settings every part of roomsync works from.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub dingtalk: DingTalkSettings,
+    pub database: DatabaseSettings,
+    pub sync: SyncSettings,
+    pub log: LogSettings,
+    pub schedule: ScheduleSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct DingTalkSettings {
+    pub base_url: Url,
+    pub app_key: String,
+    pub app_secret: SecretString,
+    pub union_id: String,
+    pub page_size: u32,
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    pub retry_base_delay: Duration,
+    pub requests_per_second: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncSettings {
+    pub max_removal_ratio: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleSettings {
+    pub cron: String,
+    pub run_on_start: bool,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("/var/lib/roomsync/rooms.db"),
+        }
+    }
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        Self {
+            max_removal_ratio: 0.5,
+        }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Default for ScheduleSettings {
+    fn default() -> Self {
+        Self {
+            cron: DEFAULT_CRON.into(),
+            run_on_start: true,
+        }
+    }
+}
+
+/// The `[dingtalk]` table as written, before validation.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDingTalk {
+    base_url: String,
+    app_key: Option<String>,
+    app_secret: Option<SecretString>,
+    app_secret_file: Option<PathBuf>,
+    union_id: Option<String>,
+    page_size: i64,
+    timeout_secs: f64,
+    max_attempts: i64,
+    retry_base_delay_ms: i64,
+    requests_per_second: f64,
+}
+
+impl Default for RawDingTalk {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.dingtalk.io".into(),
+            app_key: None,
+            app_secret: None,
+            app_secret_file: None,
+            union_id: None,
+            page_size: 100,
+            timeout_secs: 30.0,
+            max_attempts: 5,
+            retry_base_delay_ms: 500,
+            requests_per_second: 10.0,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawSettings {
+    dingtalk: RawDingTalk,
+    database: DatabaseSettings,
+    sync: SyncSettings,
+    log: LogSettings,
+    schedule: ScheduleSettings,
+}
+
+impl Settings {
+    /// Loads the settings the way the binary does: `explicit` (from `--config`), else
+    /// `$ROOMSYNC_CONFIG`, else [`DEFAULT_CONFIG_PATH`]; then the process environment.
+    pub fn load(explicit: Option<&Path>) -> Result<Settings, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        Self::load_with_env(explicit, &env)
+    }
+
+    /// Like [`Settings::load`], with the environment given as a map (tests use this).
+    pub fn load_with_env(
+        explicit: Option<&Path>,
+        env: &HashMap<String, String>,
+    ) -> Result<Settings, ConfigError> {
+        let (path, hint) = match (explicit, env.get("ROOMSYNC_CONFIG")) {
+            (Some(p), _) => (p.to_path_buf(), "given with --config"),
+            (None, Some(p)) if !p.is_empty() => (PathBuf::from(p), "given in $ROOMSYNC_CONFIG"),
+            _ => (
+                PathBuf::from(DEFAULT_CONFIG_PATH),
+                "the default; use --config PATH or $ROOMSYNC_CONFIG",
+            ),
+        };
+        if !path.is_file() {
+            return Err(ConfigError::FileNotFound { path, hint });
+        }
+        let overrides: config::Map<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("ROOMSYNC__"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let raw: RawSettings = config::Config::builder()
+            .add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("ROOMSYNC")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .source(Some(overrides)),
+            )
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Parse(format!("{} ({})", e, path.display())))?;
+        raw.validate(env.get("CREDENTIALS_DIRECTORY").map(PathBuf::from))
+    }
+
+    /// Settings for a run against a given endpoint without a config file (`--demo`, tests).
+    pub fn for_endpoint(base_url: Url, database: PathBuf) -> Settings {
+        let raw = RawSettings::default();
+        Settings {
+            dingtalk: DingTalkSettings {
+                base_url,
+                app_key: "roomsync-demo".into(),
+                app_secret: SecretString::from("demo-secret"),
+                union_id: "demo-union-id".into(),
+                page_size: 100,
+                timeout: Duration::from_secs(30),
+                max_attempts: 5,
+                retry_base_delay: Duration::from_millis(50),
+                requests_per_second: 1000.0,
+            },
+            database: DatabaseSettings { path: database },
+            sync: raw.sync,
+            log: raw.log,
+            schedule: raw.schedule,
+        }
+    }
+}
+
+impl RawSettings {
+    fn validate(self, credentials_dir: Option<PathBuf>) -> Result<Settings, ConfigError> {
+        let d = self.dingtalk;
+        let base_url = Url::parse(&d.base_url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+            .ok_or_else(|| {
+                invalid(
+                    "dingtalk.base_url",
+                    format!("not an http(s) URL: {:?}", d.base_url),
+                )
+            })?;
+        let app_key = required("dingtalk.app_key", d.app_key)?;
+        let union_id = required("dingtalk.union_id", d.union_id)?;
+        let app_secret = resolve_secret(d.app_secret, d.app_secret_file, credentials_dir)?;
+        if !(1..=100).contains(&d.page_size) {
+            return Err(invalid(
+                "dingtalk.page_size",
+                format!("must be 1..=100, got {}", d.page_size),
+            ));
+        }
+        if !(d.timeout_secs.is_finite() && d.timeout_secs > 0.0 && d.timeout_secs <= 3600.0) {
+            return Err(invalid(
+                "dingtalk.timeout_secs",
+                format!("must be > 0 and <= 3600, got {}", d.timeout_secs),
+            ));
+        }
+        if !(1..=100).contains(&d.max_attempts) {
+            return Err(invalid(
+                "dingtalk.max_attempts",
+                format!("must be 1..=100, got {}", d.max_attempts),
+            ));
+        }
+        if !(0..=600_000).contains(&d.retry_base_delay_ms) {
+            return Err(invalid(
+                "dingtalk.retry_base_delay_ms",
+                format!("must be 0..=600000, got {}", d.retry_base_delay_ms),
+            ));
+        }
+        if !(d.requests_per_second.is_finite() && d.requests_per_second > 0.0) {
+            return Err(invalid(
+                "dingtalk.requests_per_second",
+                format!("must be a number above 0, got {}", d.requests_per_second),
+            ));
+        }
+        let ratio = self.sync.max_removal_ratio;
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(invalid(
+                "sync.max_removal_ratio",
+                format!("must be 0.0..=1.0, got {ratio}"),
+            ));
+        }
+        if self.database.path.as_os_str().is_empty() {
+            return Err(invalid("database.path", "must not be empty"));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(invalid(
+                "log.level",
+                format!("{:?} is not a level or filter: {e}", self.log.level),
+            ));
+        }
+        validate_cron(&self.schedule.cron)?;
+        Ok(Settings {
+            dingtalk: DingTalkSettings {
+                base_url,
+                app_key,
+                app_secret,
+                union_id,
+                page_size: d.page_size as u32,
+                timeout: Duration::from_secs_f64(d.timeout_secs),
+                max_attempts: d.max_attempts as u32,
+                retry_base_delay: Duration::from_millis(d.retry_base_delay_ms as u64),
+                requests_per_second: d.requests_per_second,
+            },
+            database: self.database,
+            sync: self.sync,
+            log: self.log,
+            schedule: self.schedule,
+        })
+    }
+}
+
+fn required(key: &'static str, value: Option<String>) -> Result<String, ConfigError> {
+    match value {
+        Some(v) if !v.trim().is_empty() => Ok(v),
+        _ => Err(invalid(key, "missing required key")),
+    }
+}
+
+/// `app_secret`, else the contents of `app_secret_file`, else `$CREDENTIALS_DIRECTORY/app_secret`
+/// (systemd `LoadCredential=`). Setting both keys is refused as ambiguous.
+fn resolve_secret(
+    inline: Option<SecretString>,
+    file: Option<PathBuf>,
+    credentials_dir: Option<PathBuf>,
+) -> Result<SecretString, ConfigError> {
+    let (secret, key) = match (inline, file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid("dingtalk.app_secret", "set either app_secret or app_secret_file, not both"))
+        }
+        (Some(s), None) => (s, "dingtalk.app_secret"),
+        (None, Some(path)) => (read_secret_file(&path, "dingtalk.app_secret_file")?, "dingtalk.app_secret_file"),
+        (None, None) => match credentials_dir.map(|d| d.join("app_secret")).filter(|p| p.exists()) {
+            Some(path) => (read_secret_file(&path, "dingtalk.app_secret")?, "dingtalk.app_secret"),
+            None => {
+                return Err(invalid(
+                    "dingtalk.app_secret",
+                    "missing required key (set app_secret, app_secret_file, or provide the systemd credential app_secret)",
+                ))
+            }
+        },
+    };
+    if secret.expose_secret().trim().is_empty() {
+        return Err(invalid(key, "the app secret is empty"));
+    }
+    Ok(secret)
+}
+
+fn read_secret_file(path: &Path, key: &'static str) -> Result<SecretString, ConfigError> {
+    let mut text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
+    // One trailing newline is what editors and `echo` add; anything else is part of the secret.
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    Ok(SecretString::from(text))
+}
+
+/// Six fields, seconds first, parsed the way the scheduler will parse it.
+pub fn validate_cron(expr: &str) -> Result<(), ConfigError> {
+    let fields = expr.split_whitespace().count();
+    if fields != 6 {
+        return Err(invalid(
+            "schedule.cron",
+            format!("{expr:?} has {fields} fields; six are needed, seconds first (e.g. {DEFAULT_CRON:?})"),
+        ));
+    }
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .build()
+        .parse(expr)
+        .map(|_| ())
+        .map_err(|e| {
+            invalid(
+                "schedule.cron",
+                format!("{expr:?} is not a valid schedule: {e}"),
+            )
+        })
+}

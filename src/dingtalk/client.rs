@@ -1,0 +1,558 @@
+//! The DingTalk HTTP client: access token cache, retries with backoff, throttling, rate limit.
+//!
+//! Every failed attempt is handed to the [`Observer`] (the sync run records it in `sync_errors`)
+//! before the client decides whether to try again; the final failure is also returned.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{RequestBuilder, StatusCode, Url};
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use tokio::sync::Mutex;
+
+use super::model::{parse_json, GroupListResponse, RoomListPage, TokenResponse};
+use crate::config::DingTalkSettings;
+use crate::failure::{codes, Failure, Stage};
+
+/// Receives every failed attempt, retried or not, as it happens.
+pub type Observer = Arc<dyn Fn(Failure) + Send + Sync>;
+
+const TOKEN_HEADER: &str = "x-acs-dingtalk-access-token";
+/// The longest wait between two attempts, whatever the backoff says.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+/// DingTalk documents tokens of 7200 s; used when a token response omits `expireIn`.
+const DEFAULT_TOKEN_LIFETIME: i64 = 7200;
+
+pub struct DingTalkClient {
+    http: reqwest::Client,
+    cfg: DingTalkSettings,
+    limiter: DefaultDirectRateLimiter,
+    token: Mutex<Option<CachedToken>>,
+    /// The token in use, kept apart from the cache so error messages can be scrubbed of it.
+    current_token: std::sync::Mutex<Option<SecretString>>,
+    observer: Observer,
+}
+
+struct CachedToken {
+    value: SecretString,
+    refresh_at: Instant,
+}
+
+/// What to do after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Retry,
+    /// The token was refused: get a new one and repeat the request, once.
+    Reauth,
+    Fatal,
+}
+
+struct AttemptError {
+    failure: Failure,
+    verdict: Verdict,
+}
+
+impl AttemptError {
+    fn new(verdict: Verdict, failure: Failure) -> Self {
+        AttemptError { failure, verdict }
+    }
+}
+
+/// DingTalk's error body: `{"code", "message", "requestid"}`.
+#[derive(Deserialize, Default)]
+struct ApiError {
+    code: Option<String>,
+    message: Option<String>,
+    requestid: Option<String>,
+}
+
+/// Attempt bookkeeping for one logical request.
+struct Attempts {
+    made: u32,
+    reauthed: bool,
+}
+
+impl DingTalkClient {
+    pub fn new(cfg: DingTalkSettings, observer: Observer) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("roomsync/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        // Burst of one: requests are spaced evenly, never more than the limit in any second.
+        let period =
+            Duration::from_secs_f64(1.0 / cfg.requests_per_second).max(Duration::from_nanos(1));
+        let quota = Quota::with_period(period)
+            .expect("period is positive")
+            .allow_burst(NonZeroU32::MIN);
+        Ok(DingTalkClient {
+            http,
+            cfg,
+            limiter: RateLimiter::direct(quota),
+            token: Mutex::new(None),
+            current_token: std::sync::Mutex::new(None),
+            observer,
+        })
+    }
+
+    /// One page of the room list; `page` is the 0-based page number for error records.
+    #[tracing::instrument(skip_all, fields(page))]
+    pub async fn room_page(
+        &self,
+        page: u32,
+        next_token: Option<i64>,
+    ) -> Result<RoomListPage, Failure> {
+        let mut url = self.endpoint("v1.0/rooms/meetingRoomLists");
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("maxResults", &self.cfg.page_size.to_string());
+            q.append_pair("unionId", &self.cfg.union_id);
+            if let Some(t) = next_token {
+                q.append_pair("nextToken", &t.to_string());
+            }
+        }
+        self.get_json(url, Some(page)).await
+    }
+
+    /// Every room group of the organisation (`groupLists`, not paginated).
+    #[tracing::instrument(skip_all)]
+    pub async fn group_list(&self) -> Result<GroupListResponse, Failure> {
+        let mut url = self.endpoint("v1.0/rooms/groupLists");
+        url.query_pairs_mut()
+            .append_pair("unionId", &self.cfg.union_id);
+        self.get_json(url, None).await
+    }
+
+    fn endpoint(&self, path: &str) -> Url {
+        let base = self.cfg.base_url.as_str().trim_end_matches('/');
+        Url::parse(&format!("{base}/{path}")).expect("base_url was validated as a URL")
+    }
+
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        url: Url,
+        page: Option<u32>,
+    ) -> Result<T, Failure> {
+        let mut attempts = Attempts {
+            made: 0,
+            reauthed: false,
+        };
+        loop {
+            let token = self.access_token().await?;
+            let result = match token_header(&token) {
+                Ok(header) => {
+                    let request = self.http.get(url.clone()).header(TOKEN_HEADER, header);
+                    self.attempt(request, Stage::Fetch).await.and_then(|body| {
+                        parse_json::<T>(&body).map_err(|e| {
+                            AttemptError::new(
+                                Verdict::Fatal,
+                                Failure::new(Stage::Validate, codes::BAD_RESPONSE, e),
+                            )
+                        })
+                    })
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(value) => return Ok(value),
+                Err(mut e) => {
+                    e.failure.page = page;
+                    if e.verdict == Verdict::Reauth {
+                        self.forget_token(&token).await;
+                    }
+                    self.after_failure(&mut attempts, e).await?;
+                }
+            }
+        }
+    }
+
+    /// The cached token, or a new one when there is none or it is about to expire.
+    async fn access_token(&self) -> Result<SecretString, Failure> {
+        let mut cached = self.token.lock().await;
+        if let Some(t) = cached.as_ref().filter(|t| Instant::now() < t.refresh_at) {
+            return Ok(t.value.clone());
+        }
+        let mut attempts = Attempts {
+            made: 0,
+            reauthed: true,
+        };
+        let (value, lifetime) = loop {
+            match self.fetch_token().await {
+                Ok(t) => break t,
+                Err(e) => self.after_failure(&mut attempts, e).await?,
+            }
+        };
+        // Renew shortly before expiry: a tenth of the lifetime early, at most five minutes.
+        let lifetime = Duration::from_secs(lifetime as u64);
+        let margin = (lifetime / 10).min(Duration::from_secs(300));
+        *self.current_token.lock().expect("not poisoned") = Some(value.clone());
+        *cached = Some(CachedToken {
+            value: value.clone(),
+            refresh_at: Instant::now() + lifetime - margin,
+        });
+        tracing::debug!(
+            expires_in_secs = lifetime.as_secs(),
+            "got a new access token"
+        );
+        Ok(value)
+    }
+
+    async fn forget_token(&self, refused: &SecretString) {
+        let mut cached = self.token.lock().await;
+        if cached
+            .as_ref()
+            .is_some_and(|t| t.value.expose_secret() == refused.expose_secret())
+        {
+            *cached = None;
+        }
+    }
+
+    async fn fetch_token(&self) -> Result<(SecretString, i64), AttemptError> {
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct TokenRequest<'a> {
+            app_key: &'a str,
+            app_secret: &'a str,
+        }
+        let body = TokenRequest {
+            app_key: &self.cfg.app_key,
+            app_secret: self.cfg.app_secret.expose_secret(),
+        };
+        let request = self
+            .http
+            .post(self.endpoint("v1.0/oauth2/accessToken"))
+            .json(&body);
+        let bytes = self.attempt(request, Stage::Auth).await.map_err(|mut e| {
+            // A refused token request is never cured by asking again for a token.
+            if e.verdict == Verdict::Reauth {
+                e.verdict = Verdict::Fatal;
+            }
+            e
+        })?;
+        // Say which field is wrong but never echo values: they may hold the token.
+        let bad = |what: &str| {
+            AttemptError::new(
+                Verdict::Fatal,
+                Failure::new(
+                    Stage::Auth,
+                    codes::BAD_RESPONSE,
+                    format!("token response {what}"),
+                ),
+            )
+        };
+        let parsed: TokenResponse = serde_json::from_slice(&bytes)
+            .map_err(|_| bad("is not the documented {accessToken, expireIn} JSON"))?;
+        let token = parsed
+            .access_token
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| bad("has no accessToken"))?;
+        let lifetime = parsed.expire_in.unwrap_or(DEFAULT_TOKEN_LIFETIME);
+        if lifetime <= 0 {
+            return Err(bad("has an expireIn that is not positive"));
+        }
+        Ok((SecretString::from(token), lifetime))
+    }
+
+    /// Sends one request within the rate limit and returns the body of a successful answer.
+    async fn attempt(&self, request: RequestBuilder, stage: Stage) -> Result<Bytes, AttemptError> {
+        self.limiter.until_ready().await;
+        let response = request.send().await.map_err(|e| network_error(stage, &e))?;
+        let status = response.status();
+        let header_request_id = request_id_header(response.headers());
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| network_error(stage, &e))?;
+        if !status.is_success() {
+            return Err(error_response(stage, status, header_request_id, &body));
+        }
+        if is_throttle_page(&body) {
+            let mut f = Failure::new(
+                stage,
+                codes::IP_THROTTLED,
+                "DingTalk answered with its per-IP throttle page instead of JSON",
+            );
+            f.http_status = Some(status.as_u16());
+            f.request_id = header_request_id;
+            return Err(AttemptError::new(Verdict::Retry, f));
+        }
+        Ok(body)
+    }
+
+    /// Records a failed attempt; returns after the backoff delay when it is worth trying again,
+    /// or the final failure.
+    async fn after_failure(&self, attempts: &mut Attempts, e: AttemptError) -> Result<(), Failure> {
+        let AttemptError {
+            mut failure,
+            verdict,
+        } = e;
+        let delay = match verdict {
+            Verdict::Reauth if !attempts.reauthed => {
+                attempts.reauthed = true;
+                Some(Duration::ZERO)
+            }
+            // A refused token after a fresh one: retrying within the attempt budget
+            // would only repeat the refusal.
+            Verdict::Reauth | Verdict::Fatal => None,
+            Verdict::Retry => {
+                attempts.made += 1;
+                (attempts.made < self.cfg.max_attempts).then(|| self.backoff(attempts.made))
+            }
+        };
+        failure.retried = delay.is_some();
+        failure.message = self.scrub(failure.message);
+        match delay {
+            Some(delay) => {
+                tracing::warn!(error = %failure, retry_in_ms = delay.as_millis() as u64, "request failed, retrying");
+                (self.observer)(failure);
+                tokio::time::sleep(delay).await;
+                Ok(())
+            }
+            None => {
+                (self.observer)(failure.clone());
+                Err(failure)
+            }
+        }
+    }
+
+    /// Exponential backoff from `retry_base_delay`, with jitter so that many clients throttled
+    /// together do not come back together.
+    fn backoff(&self, failed_attempts: u32) -> Duration {
+        let exp = self
+            .cfg
+            .retry_base_delay
+            .saturating_mul(1u32 << (failed_attempts - 1).min(16));
+        let capped = exp.min(MAX_RETRY_DELAY);
+        capped.mul_f64(0.5 + fastrand::f64() * 0.5)
+    }
+
+    /// Defence in depth: no error message leaves the client with the secret or a token in it.
+    fn scrub(&self, message: String) -> String {
+        let token = self.current_token.lock().expect("not poisoned").clone();
+        let mut message = scrub(message, &self.cfg.app_secret);
+        if let Some(token) = token {
+            message = scrub(message, &token);
+        }
+        message
+    }
+}
+
+/// Replaces `secret` in `message`. Values shorter than 8 characters are left alone: real app
+/// secrets and tokens are far longer, and a short value would match ordinary words.
+fn scrub(message: String, secret: &SecretString) -> String {
+    let secret = secret.expose_secret();
+    if secret.len() >= 8 && message.contains(secret) {
+        message.replace(secret, "[redacted]")
+    } else {
+        message
+    }
+}
+
+fn token_header(token: &SecretString) -> Result<HeaderValue, AttemptError> {
+    let mut value = HeaderValue::from_str(token.expose_secret()).map_err(|_| {
+        AttemptError::new(
+            Verdict::Fatal,
+            Failure::new(
+                Stage::Auth,
+                codes::BAD_RESPONSE,
+                "the access token is not a valid header value",
+            ),
+        )
+    })?;
+    // Marked sensitive so that HTTP-level debug output never shows it.
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+fn request_id_header(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("x-acs-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+fn network_error(stage: Stage, e: &reqwest::Error) -> AttemptError {
+    let code = if e.is_timeout() {
+        codes::TIMEOUT
+    } else {
+        codes::CONNECTION
+    };
+    // The URL carries no secret, but the message reads better without it.
+    let mut message = e.to_string();
+    if let Some(url) = e.url() {
+        message = message
+            .replace(&format!(" ({url})"), "")
+            .replace(url.as_str(), "");
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    let failure = Failure {
+        http_status: e.status().map(|s| s.as_u16()),
+        ..Failure::new(stage, code, message)
+    };
+    AttemptError::new(Verdict::Retry, failure)
+}
+
+/// Sorts an HTTP error answer into retry, re-authenticate or give up.
+fn error_response(
+    stage: Stage,
+    status: StatusCode,
+    header_request_id: Option<String>,
+    body: &[u8],
+) -> AttemptError {
+    let api: Option<ApiError> = serde_json::from_slice(body).ok();
+    let is_json_error = api.as_ref().is_some_and(|a| a.code.is_some());
+    let api = api.unwrap_or_default();
+    let code = api.code.unwrap_or_else(|| {
+        if is_throttle_page(body) {
+            codes::IP_THROTTLED
+        } else {
+            codes::HTTP
+        }
+        .to_string()
+    });
+    let message = api.message.unwrap_or_else(|| {
+        let reason = status.canonical_reason().unwrap_or("error");
+        if is_json_error {
+            reason.to_string()
+        } else {
+            format!("{reason} (the body was not DingTalk's JSON error)")
+        }
+    });
+    let verdict = if code == "InvalidAuthentication" {
+        Verdict::Reauth
+    } else if status.is_server_error()
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || (status == StatusCode::FORBIDDEN
+            && (code.contains("QpsLimit") || code == codes::IP_THROTTLED))
+    {
+        Verdict::Retry
+    } else {
+        Verdict::Fatal
+    };
+    let failure = Failure {
+        http_status: Some(status.as_u16()),
+        request_id: api.requestid.or(header_request_id),
+        ..Failure::new(stage, &code, message)
+    };
+    AttemptError::new(verdict, failure)
+}
+
+/// DingTalk's per-IP throttle answers 200 with an HTML page, or with a JSON body such as
+/// `{"status":1111,"wait":5,"punish":"deny"}`, instead of the API's JSON.
+fn is_throttle_page(body: &[u8]) -> bool {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'<') => true,
+        Some(b'{') if body.windows(8).any(|w| w == b"\"punish\"") => {
+            serde_json::from_slice::<serde_json::Value>(body)
+                .ok()
+                .is_some_and(|v| v.get("punish").is_some())
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_scrubbed_from_messages() {
+        let secret = SecretString::from("0123456789abcdef");
+        assert_eq!(
+            scrub("bad secret 0123456789abcdef!".into(), &secret),
+            "bad secret [redacted]!"
+        );
+        assert_eq!(scrub("short s".into(), &SecretString::from("s")), "short s");
+    }
+
+    #[test]
+    fn throttle_pages_are_recognised() {
+        assert!(is_throttle_page(b"  <html><body>busy</body></html>"));
+        assert!(is_throttle_page(
+            br#"{"status":1111,"wait":5,"punish":"deny"}"#
+        ));
+        assert!(!is_throttle_page(
+            br#"{"hasMore":false,"result":[{"roomName":"\"punish\""}]}"#
+        ));
+        assert!(!is_throttle_page(br#"{"hasMore":false}"#));
+    }
+
+    #[test]
+    fn errors_are_sorted_by_code_and_status() {
+        let verdict = |status: u16, body: &str| {
+            error_response(
+                Stage::Fetch,
+                StatusCode::from_u16(status).unwrap(),
+                None,
+                body.as_bytes(),
+            )
+            .verdict
+        };
+        assert_eq!(
+            verdict(400, r#"{"code":"InvalidAuthentication","message":"x"}"#),
+            Verdict::Reauth
+        );
+        assert_eq!(
+            verdict(
+                403,
+                r#"{"code":"Forbidden.AccessDenied.QpsLimitForAppkeyAndApi"}"#
+            ),
+            Verdict::Retry
+        );
+        assert_eq!(
+            verdict(
+                403,
+                r#"{"code":"Forbidden.AccessDenied.ApiCountLimitForOrg"}"#
+            ),
+            Verdict::Fatal
+        );
+        assert_eq!(
+            verdict(403, r#"{"code":"Forbidden.AccessDenied.IpNotInWhiteList"}"#),
+            Verdict::Fatal
+        );
+        assert_eq!(verdict(429, "<html></html>"), Verdict::Retry);
+        assert_eq!(verdict(500, r#"{"code":"system.error"}"#), Verdict::Retry);
+        assert_eq!(verdict(502, "Bad gateway"), Verdict::Retry);
+        assert_eq!(
+            verdict(400, r#"{"code":"param.error","message":"Param Error"}"#),
+            Verdict::Fatal
+        );
+        assert_eq!(
+            verdict(400, r#"{"code":"invalidClientIdOrSecret"}"#),
+            Verdict::Fatal
+        );
+    }
+
+    #[test]
+    fn error_fields_come_from_the_body_or_the_header() {
+        let e = error_response(
+            Stage::Fetch,
+            StatusCode::BAD_REQUEST,
+            Some("hdr-id".into()),
+            br#"{"code":"user.not.employee","message":"User Not Employee","requestid":"body-id"}"#,
+        );
+        assert_eq!(e.failure.code.as_deref(), Some("user.not.employee"));
+        assert_eq!(e.failure.message, "User Not Employee");
+        assert_eq!(e.failure.request_id.as_deref(), Some("body-id"));
+        assert_eq!(e.failure.http_status, Some(400));
+        let e = error_response(
+            Stage::Fetch,
+            StatusCode::BAD_GATEWAY,
+            Some("hdr-id".into()),
+            b"oops",
+        );
+        assert_eq!(e.failure.request_id.as_deref(), Some("hdr-id"));
+        assert_eq!(e.failure.code.as_deref(), Some(codes::HTTP));
+    }
+}

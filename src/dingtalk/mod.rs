@@ -1,0 +1,7 @@
+//! The DingTalk open API, as far as roomsync needs it.
+
+pub mod client;
+pub mod model;
+
+pub use client::{DingTalkClient, Observer};
+pub use model::{Group, Label, Room, RoomListPage};

@@ -1,0 +1,115 @@
+//! `sync_runs` and `sync_errors`: every run and every error, each committed on its own so the
+//! record survives whatever happens to the run afterwards.
+
+use sqlx::SqlitePool;
+
+use crate::failure::Failure;
+
+/// What started a run (`sync_runs.trigger`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Manual,
+    Schedule,
+    Startup,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Manual => "manual",
+            Trigger::Schedule => "schedule",
+            Trigger::Startup => "startup",
+        }
+    }
+}
+
+/// How a run ended (`sync_runs.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    Running,
+    Succeeded,
+    Failed,
+    Interrupted,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// The current time as stored: RFC 3339 UTC to the second, e.g. `2026-11-25T16:31:04Z`.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// Marks runs left `running` by a process that died as `interrupted`. Call only while holding
+/// the sync lock, so that no live run is among them.
+pub async fn close_abandoned_runs(pool: &SqlitePool) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "UPDATE sync_runs SET status = 'interrupted', finished_at = ?1,
+             error = COALESCE(error, 'the process running it stopped before it finished')
+         WHERE status = 'running'",
+    )
+    .bind(now_rfc3339())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+pub async fn start_run(pool: &SqlitePool, trigger: Trigger) -> sqlx::Result<i64> {
+    sqlx::query_scalar("INSERT INTO sync_runs (trigger, started_at, status) VALUES (?1, ?2, 'running') RETURNING run_id")
+        .bind(trigger.as_str())
+        .bind(now_rfc3339())
+        .fetch_one(pool)
+        .await
+}
+
+/// Ends a run that did not apply: `failed` or `interrupted`, with what was fetched so far.
+pub async fn end_run_unapplied(
+    pool: &SqlitePool,
+    run_id: i64,
+    status: RunStatus,
+    pages_fetched: u32,
+    rooms_seen: Option<u64>,
+    error: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE sync_runs SET status = ?2, finished_at = ?3, pages_fetched = ?4, rooms_seen = ?5, error = ?6
+         WHERE run_id = ?1",
+    )
+    .bind(run_id)
+    .bind(status.as_str())
+    .bind(now_rfc3339())
+    .bind(pages_fetched)
+    .bind(rooms_seen.map(|n| n as i64))
+    .bind(error)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn record_error(pool: &SqlitePool, run_id: i64, f: &Failure) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO sync_errors
+             (run_id, occurred_at, stage, page, http_status, error_code, message, request_id, retried)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )
+    .bind(run_id)
+    .bind(now_rfc3339())
+    .bind(f.stage.as_str())
+    .bind(f.page)
+    .bind(f.http_status)
+    .bind(f.code.as_deref())
+    .bind(&f.message)
+    .bind(f.request_id.as_deref())
+    .bind(f.retried)
+    .execute(pool)
+    .await?;
+    Ok(())
+}

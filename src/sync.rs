@@ -1,0 +1,396 @@
+//! One sync run, the only sync path: `--sync-now`, the schedule and `--demo` all call
+//! [`run_sync`].
+//!
+//! 1. record the run (`running`), committed at once;
+//! 2. fetch every page, validating as it comes, into staging tables (no live table is written,
+//!    no write transaction is open across a network call);
+//! 3. apply in one short transaction that also finishes the run row.
+//!
+//! Every error is recorded in `sync_errors` as it happens. A failed or interrupted run changes
+//! no data row.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::SqlitePool;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::Settings;
+use crate::dingtalk::{DingTalkClient, Observer, Room};
+use crate::failure::{codes, Failure, Stage};
+use crate::lock::SyncLock;
+use crate::store::apply::{apply, ApplyCounts, ApplyOutcome, ApplyRequest};
+use crate::store::runs::{self, RunStatus, Trigger};
+use crate::store::staging::Staging;
+use crate::store::Store;
+
+#[derive(Debug, Clone, Copy)]
+pub struct SyncOptions {
+    pub trigger: Trigger,
+    /// Lets this one run remove more rooms than `max_removal_ratio` allows.
+    pub allow_mass_removal: bool,
+}
+
+/// What a run did, as recorded in its `sync_runs` row.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub run_id: i64,
+    pub status: RunStatus,
+    pub pages_fetched: u32,
+    pub rooms_seen: Option<u64>,
+    /// Set when the run applied.
+    pub counts: Option<ApplyCounts>,
+    pub duration: Duration,
+    pub error: Option<String>,
+}
+
+/// The run could not even be recorded (the database refused the run row).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot record the sync run in {path}: {source}")]
+pub struct RecordError {
+    path: String,
+    source: sqlx::Error,
+}
+
+impl fmt::Display for RunReport {
+    /// The one-line summary printed and logged at the end of every run.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.duration.as_secs_f64();
+        match (&self.counts, &self.error) {
+            (Some(c), _) => write!(
+                f,
+                "sync run {} {}: {} pages, rooms seen {}, added {}, updated {}, removed {} in {secs:.2}s",
+                self.run_id,
+                self.status.as_str(),
+                self.pages_fetched,
+                c.seen,
+                c.added,
+                c.updated,
+                c.removed
+            ),
+            (None, error) => write!(
+                f,
+                "sync run {} {} after {secs:.2}s ({} pages, {} rooms fetched): {}",
+                self.run_id,
+                self.status.as_str(),
+                self.pages_fetched,
+                self.rooms_seen.unwrap_or(0),
+                error.as_deref().unwrap_or("no error recorded")
+            ),
+        }
+    }
+}
+
+/// Why a run ended without applying.
+enum Stop {
+    Failed(Failure),
+    Interrupted,
+}
+
+/// Runs one sync. The caller holds the sync lock for the database (`_lock` is the proof).
+/// `shutdown` interrupts the fetch; an apply under way is left to complete or roll back whole.
+pub async fn run_sync(
+    store: &Store,
+    settings: &Settings,
+    options: SyncOptions,
+    _lock: &SyncLock,
+    shutdown: CancellationToken,
+) -> Result<RunReport, RecordError> {
+    let started = Instant::now();
+    let pool = store.pool();
+    let record_err = |source| RecordError {
+        path: store.path().display().to_string(),
+        source,
+    };
+    let abandoned = runs::close_abandoned_runs(pool).await.map_err(record_err)?;
+    if abandoned > 0 {
+        tracing::warn!(
+            runs = abandoned,
+            "marked runs left 'running' by a stopped process as interrupted"
+        );
+    }
+    let run_id = runs::start_run(pool, options.trigger)
+        .await
+        .map_err(record_err)?;
+    let span = tracing::info_span!("sync_run", run_id, trigger = options.trigger.as_str());
+    let report = execute(store, settings, options, run_id, started, shutdown)
+        .instrument(span.clone())
+        .await;
+    span.in_scope(|| log_summary(&report));
+    Ok(report)
+}
+
+async fn execute(
+    store: &Store,
+    settings: &Settings,
+    options: SyncOptions,
+    run_id: i64,
+    started: Instant,
+    shutdown: CancellationToken,
+) -> RunReport {
+    let pool = store.pool().clone();
+    tracing::info!("sync run started");
+
+    // Errors are recorded by a task of their own, each row committed as it comes.
+    let (errors_tx, errors_rx) = mpsc::unbounded_channel::<Failure>();
+    let recorder = tokio::spawn(record_errors(pool.clone(), run_id, errors_rx));
+    let observer: Observer = Arc::new(move |f: Failure| {
+        let _ = errors_tx.send(f);
+    });
+
+    let mut progress = Progress::default();
+    let outcome = async {
+        let mut staging = open_staging(&pool, &observer).await?;
+        let result = fetch_and_apply(
+            &mut staging,
+            settings,
+            options,
+            run_id,
+            &observer,
+            &mut progress,
+            shutdown,
+        )
+        .await;
+        if let Err(e) = staging.close().await {
+            tracing::debug!(error = %e, "closing the staging connection failed");
+        }
+        result
+    }
+    .await;
+    drop(observer);
+    if recorder.await.is_err() {
+        tracing::error!("the error recorder stopped unexpectedly");
+    }
+
+    let (status, counts, error) = match outcome {
+        Ok(counts) => (RunStatus::Succeeded, Some(counts), None),
+        Err(Stop::Failed(f)) => (RunStatus::Failed, None, Some(f.to_string())),
+        Err(Stop::Interrupted) => (
+            RunStatus::Interrupted,
+            None,
+            Some(
+                "interrupted by a shutdown signal before the apply; nothing was changed"
+                    .to_string(),
+            ),
+        ),
+    };
+    if status != RunStatus::Succeeded {
+        let error = error.as_deref().unwrap_or_default();
+        if let Err(e) = runs::end_run_unapplied(
+            &pool,
+            run_id,
+            status,
+            progress.pages,
+            progress.rooms_seen,
+            error,
+        )
+        .await
+        {
+            tracing::error!(error = %e, "could not record the end of the run");
+        }
+    }
+    RunReport {
+        run_id,
+        status,
+        pages_fetched: progress.pages,
+        rooms_seen: counts.map(|c| c.seen).or(progress.rooms_seen),
+        counts,
+        duration: started.elapsed(),
+        error,
+    }
+}
+
+#[derive(Default)]
+struct Progress {
+    pages: u32,
+    rooms_seen: Option<u64>,
+}
+
+async fn open_staging(pool: &SqlitePool, observer: &Observer) -> Result<Staging, Stop> {
+    let conn = pool
+        .acquire()
+        .await
+        .map_err(|e| store_failure(observer, "opening the staging connection", e))?;
+    // Detached: the staging tables go with this connection, which never returns to the pool.
+    Staging::new(conn.detach())
+        .await
+        .map_err(|e| store_failure(observer, "creating the staging tables", e))
+}
+
+async fn fetch_and_apply(
+    staging: &mut Staging,
+    settings: &Settings,
+    options: SyncOptions,
+    run_id: i64,
+    observer: &Observer,
+    progress: &mut Progress,
+    shutdown: CancellationToken,
+) -> Result<ApplyCounts, Stop> {
+    let client = DingTalkClient::new(settings.dingtalk.clone(), observer.clone()).map_err(|e| {
+        Stop::Failed(report(
+            observer,
+            Failure::new(Stage::Fetch, codes::CONNECTION, e.to_string()),
+        ))
+    })?;
+
+    tokio::select! {
+        fetched = fetch_listing(&client, staging, observer, progress) => fetched?,
+        _ = shutdown.cancelled() => {
+            tracing::warn!("shutdown requested: abandoning the fetch, nothing is applied");
+            return Err(Stop::Interrupted);
+        }
+    }
+    drop(client);
+
+    // From here on the run is no longer interruptible: the apply completes or rolls back whole.
+    let request = ApplyRequest {
+        run_id,
+        pages_fetched: progress.pages,
+        max_removal_ratio: settings.sync.max_removal_ratio,
+        allow_mass_removal: options.allow_mass_removal,
+    };
+    match apply(staging, &request).await {
+        Ok(ApplyOutcome::Applied(counts)) => Ok(counts),
+        Ok(ApplyOutcome::Guarded {
+            would_remove,
+            active,
+            limit,
+        }) => {
+            let f = Failure::new(
+                Stage::Store,
+                codes::REMOVAL_GUARD,
+                format!(
+                    "the listing would remove {would_remove} of {active} active rooms, more than the limit of \
+                     {limit:.0} (max(5, sync.max_removal_ratio x active)); nothing was changed. If this is \
+                     intended, run once with --sync-now --allow-mass-removal"
+                ),
+            );
+            Err(Stop::Failed(report(observer, f)))
+        }
+        Err(e) => Err(store_failure(observer, "applying the listing", e)),
+    }
+}
+
+/// Fetches every page into staging, validating as it goes. Never loops: a missing or repeated
+/// cursor fails the run.
+async fn fetch_listing(
+    client: &DingTalkClient,
+    staging: &mut Staging,
+    observer: &Observer,
+    progress: &mut Progress,
+) -> Result<(), Stop> {
+    let mut followed: HashSet<i64> = HashSet::new();
+    let mut next_token = None;
+    for page in 0u32.. {
+        let body = client
+            .room_page(page, next_token)
+            .await
+            .map_err(Stop::Failed)?;
+        progress.pages += 1;
+        let rooms = body
+            .result
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(i, raw)| raw.validate(i))
+            .collect::<Result<Vec<Room>, String>>()
+            .map_err(|e| {
+                Stop::Failed(report(
+                    observer,
+                    Failure::new(Stage::Validate, codes::BAD_RESPONSE, e).on_page(Some(page)),
+                ))
+            })?;
+        staging
+            .add_rooms(&rooms)
+            .await
+            .map_err(|e| store_failure(observer, "staging a page", e))?;
+        tracing::debug!(page, rooms = rooms.len(), has_more = ?body.has_more, "page fetched");
+        if body.has_more != Some(true) {
+            break;
+        }
+        let invalid = |code: &str, message: String| {
+            Stop::Failed(report(
+                observer,
+                Failure::new(Stage::Validate, code, message).on_page(Some(page)),
+            ))
+        };
+        next_token = match body.next_token {
+            None => {
+                return Err(invalid(
+                    codes::MISSING_NEXT_TOKEN,
+                    "hasMore is true but no nextToken was given".into(),
+                ))
+            }
+            Some(t) if !followed.insert(t) => return Err(invalid(
+                codes::REPEATED_NEXT_TOKEN,
+                format!(
+                    "nextToken {t} was already followed in this run; stopping rather than looping"
+                ),
+            )),
+            Some(t) => Some(t),
+        };
+    }
+    progress.rooms_seen = Some(
+        staging
+            .room_count()
+            .await
+            .map_err(|e| store_failure(observer, "counting staged rooms", e))?,
+    );
+    Ok(())
+}
+
+fn report(observer: &Observer, failure: Failure) -> Failure {
+    observer(failure.clone());
+    failure
+}
+
+fn store_failure(observer: &Observer, doing: &str, e: sqlx::Error) -> Stop {
+    Stop::Failed(report(
+        observer,
+        Failure::new(Stage::Store, codes::DATABASE, format!("{doing}: {e}")),
+    ))
+}
+
+async fn record_errors(
+    pool: SqlitePool,
+    run_id: i64,
+    mut errors: mpsc::UnboundedReceiver<Failure>,
+) {
+    while let Some(failure) = errors.recv().await {
+        if let Err(e) = runs::record_error(&pool, run_id, &failure).await {
+            tracing::error!(error = %e, failure = %failure, "could not record a sync error");
+        }
+    }
+}
+
+fn log_summary(report: &RunReport) {
+    let c = report.counts.unwrap_or_default();
+    let fields = (
+        report.pages_fetched,
+        report.rooms_seen.unwrap_or(0),
+        report.duration.as_millis() as u64,
+    );
+    match report.status {
+        RunStatus::Succeeded => tracing::info!(
+            status = "succeeded",
+            pages = fields.0,
+            rooms_seen = fields.1,
+            rooms_added = c.added,
+            rooms_updated = c.updated,
+            rooms_removed = c.removed,
+            duration_ms = fields.2,
+            "{report}"
+        ),
+        status => tracing::warn!(
+            status = status.as_str(),
+            pages = fields.0,
+            rooms_seen = fields.1,
+            duration_ms = fields.2,
+            "{report}"
+        ),
+    }
+}

@@ -1,0 +1,270 @@
+//! Shared test fixtures: a wiremock DingTalk, a config file pointing at it, a real SQLite file.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use roomsync::config::Settings;
+use roomsync::lock::SyncLock;
+use roomsync::store::runs::Trigger;
+use roomsync::store::Store;
+use roomsync::sync::{run_sync, RunReport, SyncOptions};
+use serde_json::{json, Value};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use sqlx::Row;
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+use wiremock::matchers::{body_json, header, method, path, query_param, query_param_is_missing};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+pub const APP_KEY: &str = "test-app-key";
+pub const SECRET: &str = "sEcReT-app-secret-4f9a2c71";
+pub const TOKEN: &str = "tOkEn-access-8d3e61b0c2";
+pub const TOKEN_2: &str = "tOkEn-renewed-5a7c09e4f1";
+pub const UNION_ID: &str = "union-0042";
+pub const ROOMS_PATH: &str = "/v1.0/rooms/meetingRoomLists";
+pub const TOKEN_PATH: &str = "/v1.0/oauth2/accessToken";
+
+pub struct TestEnv {
+    pub dir: TempDir,
+    pub server: MockServer,
+    pub db: PathBuf,
+    pub config: PathBuf,
+}
+
+impl TestEnv {
+    pub async fn new() -> TestEnv {
+        Self::with("", "").await
+    }
+
+    /// `dingtalk` adds keys to the `[dingtalk]` table; `tail` adds whole sections.
+    pub async fn with(dingtalk: &str, tail: &str) -> TestEnv {
+        let dir = tempfile::tempdir().unwrap();
+        let server = MockServer::start().await;
+        let db = dir.path().join("rooms.db");
+        let config = dir.path().join("roomsync.toml");
+        let env = TestEnv {
+            dir,
+            server,
+            db,
+            config,
+        };
+        env.write_config(dingtalk, tail);
+        env
+    }
+
+    /// Writes the config file: page size 2, three attempts, 1 ms retry delay.
+    pub fn write_config(&self, dingtalk: &str, tail: &str) {
+        let text = format!(
+            r#"[dingtalk]
+base_url = "{uri}"
+app_key = "{APP_KEY}"
+app_secret = "{SECRET}"
+union_id = "{UNION_ID}"
+page_size = 2
+timeout_secs = 5
+max_attempts = 3
+retry_base_delay_ms = 1
+requests_per_second = 1000
+{dingtalk}
+
+[database]
+path = "{db}"
+
+{tail}
+"#,
+            uri = self.server.uri(),
+            db = self.db.display(),
+        );
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    pub fn settings(&self) -> Settings {
+        Settings::load_with_env(Some(&self.config), &HashMap::new()).expect("test config is valid")
+    }
+
+    /// One run through the real sync path, trigger `manual`.
+    pub async fn sync(&self) -> RunReport {
+        self.sync_with(false).await
+    }
+
+    pub async fn sync_with(&self, allow_mass_removal: bool) -> RunReport {
+        let settings = self.settings();
+        let lock = SyncLock::try_acquire(&settings.database.path)
+            .unwrap()
+            .expect("lock is free");
+        let store = Store::open(&settings.database.path)
+            .await
+            .expect("database opens");
+        let options = SyncOptions {
+            trigger: Trigger::Manual,
+            allow_mass_removal,
+        };
+        let report = run_sync(&store, &settings, options, &lock, CancellationToken::new())
+            .await
+            .expect("run recorded");
+        store.close().await;
+        report
+    }
+
+    /// Serves the token endpoint: exactly `times` token requests are expected when Some.
+    pub async fn mount_token(&self, times: Option<u64>) {
+        let mock = Mock::given(method("POST"))
+            .and(path(TOKEN_PATH))
+            .and(body_json(json!({"appKey": APP_KEY, "appSecret": SECRET})))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(json!({"accessToken": TOKEN, "expireIn": 7200})),
+            );
+        match times {
+            Some(n) => mock.expect(n).mount(&self.server).await,
+            None => mock.mount(&self.server).await,
+        }
+    }
+
+    /// Serves a complete listing split in pages; page k>0 is reached with nextToken = 100 + k.
+    /// Each page is expected exactly `expect` times when Some.
+    pub async fn mount_listing(&self, pages: &[Vec<Value>], expect: Option<u64>) {
+        for (k, rooms) in pages.iter().enumerate() {
+            let more = k + 1 < pages.len();
+            let mut body = json!({"hasMore": more, "result": rooms});
+            if more {
+                body["nextToken"] = json!(101 + k as i64);
+            }
+            let mock = page_request(k).respond_with(ResponseTemplate::new(200).set_body_json(body));
+            match expect {
+                Some(n) => mock.expect(n).mount(&self.server).await,
+                None => mock.mount(&self.server).await,
+            };
+        }
+    }
+
+    /// Replaces every mock: the next sync sees a new upstream.
+    pub async fn reset_upstream(&self, pages: &[Vec<Value>]) {
+        self.server.reset().await;
+        self.mount_token(None).await;
+        self.mount_listing(pages, None).await;
+    }
+
+    pub async fn pool(&self) -> SqlitePool {
+        open_pool(&self.db).await
+    }
+
+    /// Every data row of the mirror (not the run records), for "nothing changed" checks.
+    pub async fn data_snapshot(&self) -> String {
+        let pool = self.pool().await;
+        let mut out = String::new();
+        for table in ["rooms", "labels", "room_labels", "room_groups"] {
+            out.push_str(&format!("[{table}]\n"));
+            for row in table_rows(&pool, table).await {
+                out.push_str(&row);
+                out.push('\n');
+            }
+        }
+        pool.close().await;
+        out
+    }
+
+    pub async fn rows(&self, sql: &str) -> Vec<String> {
+        let pool = self.pool().await;
+        let rows = sqlx::query(sql).fetch_all(&pool).await.unwrap();
+        pool.close().await;
+        rows.into_iter().map(|r| r.get::<String, _>(0)).collect()
+    }
+
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        let pool = self.pool().await;
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
+        pool.close().await;
+        n
+    }
+
+    /// `sync_errors` rows of a run as `stage|page|http_status|error_code|retried`.
+    pub async fn errors_of(&self, run_id: i64) -> Vec<String> {
+        self.rows(&format!(
+            "SELECT stage || '|' || IFNULL(page, '-') || '|' || IFNULL(http_status, '-') || '|'
+                    || IFNULL(error_code, '-') || '|' || retried
+             FROM sync_errors WHERE run_id = {run_id} ORDER BY error_id"
+        ))
+        .await
+    }
+}
+
+/// The request for page `k` of the listing, with the token header and query the API wants.
+pub fn page_request(k: usize) -> wiremock::MockBuilder {
+    let m = Mock::given(method("GET"))
+        .and(path(ROOMS_PATH))
+        .and(header("x-acs-dingtalk-access-token", TOKEN))
+        .and(query_param("unionId", UNION_ID))
+        .and(query_param("maxResults", "2"));
+    if k == 0 {
+        m.and(query_param_is_missing("nextToken"))
+    } else {
+        m.and(query_param("nextToken", (100 + k as i64).to_string()))
+    }
+}
+
+pub async fn open_pool(db: &Path) -> SqlitePool {
+    let options = SqliteConnectOptions::new().filename(db).read_only(true);
+    SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap()
+}
+
+/// Rows of a table, each as `quote(col)|quote(col)|...`, in key order.
+pub async fn table_rows(pool: &SqlitePool, table: &str) -> Vec<String> {
+    let cols: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT name FROM pragma_table_info('{table}') ORDER BY cid"
+    ))
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let expr = cols
+        .iter()
+        .map(|c| format!("quote({c})"))
+        .collect::<Vec<_>>()
+        .join(" || '|' || ");
+    let order = cols.join(", ");
+    sqlx::query_scalar(&format!("SELECT {expr} FROM {table} ORDER BY {order}"))
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+/// A room record as DingTalk sends it.
+pub fn room(id: &str, name: &str, labels: &[i64], group: Option<i64>) -> Value {
+    let mut r = json!({
+        "roomId": id,
+        "corpId": "ding-corp",
+        "roomName": name,
+        "roomStatus": 0,
+        "roomCapacity": 8,
+        "roomLocation": {"title": "HQ", "desc": "Floor 3"},
+        "roomLabels": labels.iter().map(|l| json!({"labelId": l, "labelName": label_name(*l)})).collect::<Vec<_>>(),
+    });
+    if let Some(g) = group {
+        r["roomGroup"] = json!({"groupId": g, "groupName": format!("Group {g}"), "parentId": 0});
+    }
+    r
+}
+
+pub fn label_name(id: i64) -> String {
+    match id {
+        1 => "TV".into(),
+        2 => "Phone".into(),
+        3 => "Projector".into(),
+        4 => "Whiteboard".into(),
+        5 => "Video Meeting".into(),
+        n => format!("Custom {n}"),
+    }
+}
+
+/// `n` rooms `r000`.. split into pages of two.
+pub fn rooms_in_pages(n: usize) -> Vec<Vec<Value>> {
+    let rooms: Vec<Value> = (0..n)
+        .map(|i| room(&format!("r{i:03}"), &format!("Room {i}"), &[1], Some(1)))
+        .collect();
+    rooms.chunks(2).map(|c| c.to_vec()).collect()
+}
