@@ -385,3 +385,166 @@ pub fn validate_cron(expr: &str) -> Result<(), ConfigError> {
             )
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    const MINIMAL: &str = "[dingtalk]\napp_key = \"key\"\nunion_id = \"union\"\n";
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_fill_everything_not_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "c.toml",
+            &format!("{MINIMAL}app_secret = \"s3cr3t-value\"\n"),
+        );
+        let s = Settings::load_with_env(Some(&path), &HashMap::new()).unwrap();
+        assert_eq!(s.dingtalk.base_url.as_str(), "https://api.dingtalk.io/");
+        assert_eq!(s.dingtalk.page_size, 100);
+        assert_eq!(s.dingtalk.timeout, Duration::from_secs(30));
+        assert_eq!(s.dingtalk.max_attempts, 5);
+        assert_eq!(s.dingtalk.retry_base_delay, Duration::from_millis(500));
+        assert_eq!(s.dingtalk.requests_per_second, 10.0);
+        assert_eq!(s.database.path, PathBuf::from("/var/lib/roomsync/rooms.db"));
+        assert_eq!(s.sync.max_removal_ratio, 0.5);
+        assert_eq!(
+            (s.log.level.as_str(), s.log.format),
+            ("info", LogFormat::Text)
+        );
+        assert_eq!(
+            (s.schedule.cron.as_str(), s.schedule.run_on_start),
+            (DEFAULT_CRON, true)
+        );
+        assert_eq!(s.dingtalk.app_secret.expose_secret(), "s3cr3t-value");
+    }
+
+    #[test]
+    fn environment_wins_over_the_file_and_keeps_strings_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "c.toml",
+            &format!("{MINIMAL}app_secret = \"from-file\"\npage_size = 50\n"),
+        );
+        let e = env(&[
+            ("ROOMSYNC__DINGTALK__APP_SECRET", "0123"),
+            ("ROOMSYNC__DINGTALK__PAGE_SIZE", "20"),
+            ("ROOMSYNC__SCHEDULE__RUN_ON_START", "false"),
+        ]);
+        let s = Settings::load_with_env(Some(&path), &e).unwrap();
+        assert_eq!(
+            s.dingtalk.app_secret.expose_secret(),
+            "0123",
+            "leading zero kept"
+        );
+        assert_eq!(s.dingtalk.page_size, 20);
+        assert!(!s.schedule.run_on_start);
+    }
+
+    #[test]
+    fn the_config_path_comes_from_the_flag_then_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "c.toml",
+            &format!("{MINIMAL}app_secret = \"s\"\n"),
+        );
+        let e = env(&[("ROOMSYNC_CONFIG", path.to_str().unwrap())]);
+        assert!(Settings::load_with_env(None, &e).is_ok());
+        let err = Settings::load_with_env(Some(Path::new("/nope.toml")), &e).unwrap_err();
+        assert!(err.to_string().contains("/nope.toml"), "{err}");
+        let err = Settings::load_with_env(None, &HashMap::new()).unwrap_err();
+        assert!(err.to_string().contains(DEFAULT_CONFIG_PATH), "{err}");
+    }
+
+    #[test]
+    fn the_secret_file_loses_one_trailing_newline_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = write(dir.path(), "secret", "abc \n\n");
+        let path = write(
+            dir.path(),
+            "c.toml",
+            &format!("{MINIMAL}app_secret_file = \"{}\"\n", secret.display()),
+        );
+        let s = Settings::load_with_env(Some(&path), &HashMap::new()).unwrap();
+        assert_eq!(s.dingtalk.app_secret.expose_secret(), "abc \n");
+        write(dir.path(), "secret", "abc\r\n");
+        let s = Settings::load_with_env(Some(&path), &HashMap::new()).unwrap();
+        assert_eq!(s.dingtalk.app_secret.expose_secret(), "abc");
+    }
+
+    #[test]
+    fn the_systemd_credential_is_used_when_no_secret_is_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "app_secret", "from-credential\n");
+        let path = write(dir.path(), "c.toml", MINIMAL);
+        let e = env(&[("CREDENTIALS_DIRECTORY", dir.path().to_str().unwrap())]);
+        let s = Settings::load_with_env(Some(&path), &e).unwrap();
+        assert_eq!(s.dingtalk.app_secret.expose_secret(), "from-credential");
+        let err = Settings::load_with_env(Some(&path), &HashMap::new()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("dingtalk.app_secret: missing required key"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn both_secret_keys_or_an_empty_secret_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = write(dir.path(), "secret", "x\n");
+        let both = format!(
+            "{MINIMAL}app_secret = \"a\"\napp_secret_file = \"{}\"\n",
+            secret.display()
+        );
+        let path = write(dir.path(), "c.toml", &both);
+        let err = Settings::load_with_env(Some(&path), &HashMap::new()).unwrap_err();
+        assert!(err.to_string().contains("not both"), "{err}");
+        let path = write(
+            dir.path(),
+            "c.toml",
+            &format!("{MINIMAL}app_secret = \" \"\n"),
+        );
+        let err = Settings::load_with_env(Some(&path), &HashMap::new()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("dingtalk.app_secret: the app secret is empty"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn debug_output_hides_the_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "c.toml",
+            &format!("{MINIMAL}app_secret = \"hunter2-hunter2\"\n"),
+        );
+        let s = Settings::load_with_env(Some(&path), &HashMap::new()).unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn cron_needs_six_valid_fields() {
+        assert!(validate_cron(DEFAULT_CRON).is_ok());
+        assert!(validate_cron("*/1 * * * * *").is_ok());
+        assert!(validate_cron("0 7/15 * * *").is_err());
+        assert!(validate_cron("0 61 * * * *").is_err());
+    }
+}

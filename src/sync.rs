@@ -325,12 +325,14 @@ async fn fetch_listing(
                     "hasMore is true but no nextToken was given".into(),
                 ))
             }
-            Some(t) if !followed.insert(t) => return Err(invalid(
-                codes::REPEATED_NEXT_TOKEN,
-                format!(
+            Some(t) if !followed.insert(t) => {
+                return Err(invalid(
+                    codes::REPEATED_NEXT_TOKEN,
+                    format!(
                     "nextToken {t} was already followed in this run; stopping rather than looping"
                 ),
-            )),
+                ))
+            }
             Some(t) => Some(t),
         };
     }

@@ -188,18 +188,12 @@ impl DingTalkClient {
                 Err(e) => self.after_failure(&mut attempts, e).await?,
             }
         };
-        // Renew shortly before expiry: a tenth of the lifetime early, at most five minutes.
-        let lifetime = Duration::from_secs(lifetime as u64);
-        let margin = (lifetime / 10).min(Duration::from_secs(300));
         *self.current_token.lock().expect("not poisoned") = Some(value.clone());
         *cached = Some(CachedToken {
             value: value.clone(),
-            refresh_at: Instant::now() + lifetime - margin,
+            refresh_at: Instant::now() + renew_after(lifetime),
         });
-        tracing::debug!(
-            expires_in_secs = lifetime.as_secs(),
-            "got a new access token"
-        );
+        tracing::debug!(expires_in_secs = lifetime, "got a new access token");
         Ok(value)
     }
 
@@ -343,6 +337,13 @@ impl DingTalkClient {
     }
 }
 
+/// How long a token of `lifetime` seconds is used: until a tenth of its lifetime, at most five
+/// minutes, is left.
+fn renew_after(lifetime: i64) -> Duration {
+    let lifetime = Duration::from_secs(lifetime.max(0) as u64);
+    lifetime - (lifetime / 10).min(Duration::from_secs(300))
+}
+
 /// Replaces `secret` in `message`. Values shorter than 8 characters are left alone: real app
 /// secrets and tokens are far longer, and a short value would match ordinary words.
 fn scrub(message: String, secret: &SecretString) -> String {
@@ -387,7 +388,7 @@ fn network_error(stage: Stage, e: &reqwest::Error) -> AttemptError {
     let mut message = e.to_string();
     if let Some(url) = e.url() {
         message = message
-            .replace(&format!(" ({url})"), "")
+            .replace(&format!(" for url ({url})"), "")
             .replace(url.as_str(), "");
     }
     let mut source = std::error::Error::source(e);
@@ -465,6 +466,13 @@ fn is_throttle_page(body: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_are_renewed_shortly_before_expiry() {
+        assert_eq!(renew_after(7200), Duration::from_secs(6900));
+        assert_eq!(renew_after(600), Duration::from_secs(540));
+        assert_eq!(renew_after(1), Duration::from_millis(900));
+    }
 
     #[test]
     fn secrets_are_scrubbed_from_messages() {

@@ -53,30 +53,46 @@ impl TestEnv {
         env
     }
 
-    /// Writes the config file: page size 2, three attempts, 1 ms retry delay.
+    /// Writes the config file: page size 2, three attempts, 1 ms retry delay, unless `dingtalk`
+    /// sets those keys itself.
     pub fn write_config(&self, dingtalk: &str, tail: &str) {
-        let text = format!(
-            r#"[dingtalk]
-base_url = "{uri}"
-app_key = "{APP_KEY}"
-app_secret = "{SECRET}"
-union_id = "{UNION_ID}"
-page_size = 2
-timeout_secs = 5
-max_attempts = 3
-retry_base_delay_ms = 1
-requests_per_second = 1000
-{dingtalk}
-
-[database]
-path = "{db}"
-
-{tail}
-"#,
-            uri = self.server.uri(),
-            db = self.db.display(),
-        );
+        let defaults = [
+            format!("base_url = \"{}\"", self.server.uri()),
+            format!("app_key = \"{APP_KEY}\""),
+            format!("app_secret = \"{SECRET}\""),
+            format!("union_id = \"{UNION_ID}\""),
+            "page_size = 2".to_string(),
+            "timeout_secs = 5".to_string(),
+            "max_attempts = 3".to_string(),
+            "retry_base_delay_ms = 1".to_string(),
+            "requests_per_second = 1000".to_string(),
+        ];
+        let overridden: Vec<&str> = dingtalk
+            .lines()
+            .filter_map(|l| l.split('=').next())
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .collect();
+        let mut text = String::from("[dingtalk]\n");
+        for line in defaults
+            .iter()
+            .filter(|l| !overridden.contains(&l.split(' ').next().unwrap()))
+        {
+            text.push_str(line);
+            text.push('\n');
+        }
+        text.push_str(dingtalk);
+        text.push_str(&format!(
+            "\n\n[database]\npath = \"{}\"\n\n{tail}\n",
+            self.db.display()
+        ));
         std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// Points the config at `base_url` instead of the mock server.
+    pub fn point_at(&self, base_url: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(&self.config, text.replace(&self.server.uri(), base_url)).unwrap();
     }
 
     pub fn settings(&self) -> Settings {
@@ -169,7 +185,12 @@ path = "{db}"
         let pool = self.pool().await;
         let rows = sqlx::query(sql).fetch_all(&pool).await.unwrap();
         pool.close().await;
-        rows.into_iter().map(|r| r.get::<String, _>(0)).collect()
+        rows.into_iter()
+            .map(|r| {
+                r.try_get::<String, _>(0)
+                    .unwrap_or_else(|_| r.get::<i64, _>(0).to_string())
+            })
+            .collect()
     }
 
     pub async fn scalar(&self, sql: &str) -> i64 {

@@ -1,0 +1,273 @@
+//! Resyncs: changes, removals, reappearance, the no-op resync and the mass-removal guard.
+
+mod common;
+
+use common::*;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::ConnectOptions;
+
+/// Makes every later write to the mirrored tables visible in `write_log`.
+async fn log_writes(env: &TestEnv) {
+    let mut conn = SqliteConnectOptions::new()
+        .filename(&env.db)
+        .connect()
+        .await
+        .unwrap();
+    let mut sql = String::from("CREATE TABLE write_log (tbl TEXT, op TEXT);");
+    for table in ["rooms", "labels", "room_labels", "room_groups"] {
+        for op in ["INSERT", "UPDATE", "DELETE"] {
+            sql.push_str(&format!(
+                "CREATE TRIGGER log_{table}_{op} AFTER {op} ON {table} BEGIN
+                   INSERT INTO write_log VALUES ('{table}', '{op}'); END;"
+            ));
+        }
+    }
+    sqlx::raw_sql(&sql).execute(&mut conn).await.unwrap();
+}
+
+async fn backdate_all_rooms(env: &TestEnv) {
+    let mut conn = SqliteConnectOptions::new()
+        .filename(&env.db)
+        .connect()
+        .await
+        .unwrap();
+    sqlx::query("UPDATE rooms SET updated_at = '2000-01-01T00:00:00Z'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn resync_without_upstream_change_writes_no_row() {
+    let env = TestEnv::new().await;
+    let pages = vec![
+        vec![
+            room("a", "A", &[1, 2], Some(1)),
+            room("b", "B", &[3], Some(2)),
+        ],
+        vec![room("c", "C", &[], None)],
+    ];
+    env.reset_upstream(&pages).await;
+    assert_eq!(env.sync().await.status.as_str(), "succeeded");
+    let before = env.data_snapshot().await;
+    log_writes(&env).await;
+
+    let report = env.sync().await;
+    assert_eq!(report.status.as_str(), "succeeded", "{report}");
+    let c = report.counts.unwrap();
+    assert_eq!((c.seen, c.added, c.updated, c.removed), (3, 0, 0, 0));
+    assert_eq!(
+        env.rows("SELECT tbl || ' ' || op FROM write_log").await,
+        Vec::<String>::new()
+    );
+    assert_eq!(env.data_snapshot().await, before);
+}
+
+#[tokio::test]
+async fn resync_applies_renames_labels_groups_removals_and_reappearance() {
+    let env = TestEnv::new().await;
+    env.reset_upstream(&[
+        vec![
+            room("a", "A", &[1], Some(1)),
+            room("b", "B", &[1, 2], Some(1)),
+        ],
+        vec![room("c", "C", &[], Some(1)), room("d", "D", &[4], Some(2))],
+        vec![room("e", "E", &[5], None), room("f", "F", &[], None)],
+    ])
+    .await;
+    env.sync().await;
+
+    // Second listing: a renamed, b loses label 2 and gains 3, c moves group, d gone, e gone,
+    // f unchanged, g new.
+    env.reset_upstream(&[
+        vec![
+            room("a", "A renamed", &[1], Some(1)),
+            room("b", "B", &[1, 3], Some(1)),
+        ],
+        vec![room("c", "C", &[], Some(2)), room("f", "F", &[], None)],
+        vec![room("g", "G", &[2], Some(3))],
+    ])
+    .await;
+    backdate_all_rooms(&env).await;
+    let report = env.sync().await;
+    let c = report.counts.unwrap();
+    assert_eq!(
+        (c.seen, c.added, c.updated, c.removed),
+        (5, 1, 3, 2),
+        "{report}"
+    );
+    assert_eq!(
+        env.rows("SELECT room_id FROM rooms WHERE updated_at > '2000-01-01T00:00:00Z' ORDER BY 1")
+            .await,
+        vec!["a", "b", "c", "g"]
+    );
+    assert_eq!(
+        env.rows("SELECT room_id FROM rooms WHERE removed_at IS NOT NULL ORDER BY 1")
+            .await,
+        vec!["d", "e"]
+    );
+    assert_eq!(
+        env.rows("SELECT room_name FROM rooms WHERE room_id = 'a'")
+            .await,
+        vec!["A renamed"]
+    );
+    assert_eq!(
+        env.rows("SELECT room_id || ':' || label_id FROM room_labels ORDER BY 1")
+            .await,
+        // d and e keep their last known labels.
+        vec!["a:1", "b:1", "b:3", "d:4", "e:5", "g:2"]
+    );
+    assert_eq!(
+        env.rows("SELECT group_id FROM rooms WHERE room_id = 'c'")
+            .await,
+        vec!["2"]
+    );
+    assert_eq!(
+        env.rows("SELECT group_id || ':' || group_name FROM room_groups ORDER BY 1")
+            .await,
+        vec!["1:Group 1", "2:Group 2", "3:Group 3"]
+    );
+
+    // Third listing: d comes back with a new label; everything else as before.
+    env.reset_upstream(&[
+        vec![
+            room("a", "A renamed", &[1], Some(1)),
+            room("b", "B", &[1, 3], Some(1)),
+        ],
+        vec![room("c", "C", &[], Some(2)), room("f", "F", &[], None)],
+        vec![room("g", "G", &[2], Some(3)), room("d", "D", &[2], Some(2))],
+    ])
+    .await;
+    let first_seen_d = env
+        .rows("SELECT first_seen_at FROM rooms WHERE room_id = 'd'")
+        .await;
+    backdate_all_rooms(&env).await;
+    let report = env.sync().await;
+    let c = report.counts.unwrap();
+    assert_eq!(
+        (c.seen, c.added, c.updated, c.removed),
+        (6, 1, 0, 0),
+        "{report}"
+    );
+    assert_eq!(
+        env.rows("SELECT room_id FROM rooms WHERE removed_at IS NOT NULL")
+            .await,
+        vec!["e"]
+    );
+    assert_eq!(
+        env.rows("SELECT first_seen_at FROM rooms WHERE room_id = 'd'")
+            .await,
+        first_seen_d
+    );
+    assert_eq!(
+        env.rows("SELECT room_id FROM rooms WHERE updated_at > '2000-01-01T00:00:00Z'")
+            .await,
+        vec!["d"]
+    );
+    assert_eq!(
+        env.rows("SELECT label_id FROM room_labels WHERE room_id = 'd'")
+            .await,
+        vec!["2"]
+    );
+}
+
+#[tokio::test]
+async fn a_label_rename_updates_the_label_not_the_rooms() {
+    let env = TestEnv::new().await;
+    env.reset_upstream(&[vec![room("a", "A", &[7], None), room("b", "B", &[7], None)]])
+        .await;
+    env.sync().await;
+    let mut renamed = room("a", "A", &[], None);
+    renamed["roomLabels"] = serde_json::json!([{"labelId": 7, "labelName": "Ceiling mic"}]);
+    let mut renamed_b = renamed.clone();
+    renamed_b["roomId"] = "b".into();
+    renamed_b["roomName"] = "B".into();
+    env.reset_upstream(&[vec![renamed, renamed_b]]).await;
+    let report = env.sync().await;
+    assert_eq!(report.counts.unwrap().updated, 0);
+    assert_eq!(
+        env.rows("SELECT label_name FROM labels WHERE label_id = 7")
+            .await,
+        vec!["Ceiling mic"]
+    );
+}
+
+#[tokio::test]
+async fn mass_removal_is_refused_unless_allowed_for_one_run() {
+    let env = TestEnv::new().await;
+    env.reset_upstream(&rooms_in_pages(12)).await;
+    env.sync().await;
+    let before = env.data_snapshot().await;
+
+    // 12 active, 6 would remain: removing 6 > max(5, 0.5 x 12 = 6)? No: 6 is allowed.
+    // 5 remain: removing 7 is more than 6.
+    env.reset_upstream(&rooms_in_pages(5)).await;
+    let report = env.sync().await;
+    assert_eq!(report.status.as_str(), "failed");
+    assert!(
+        report.error.as_deref().unwrap().contains("removal.guard"),
+        "{report}"
+    );
+    assert!(
+        report
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("--allow-mass-removal"),
+        "{report}"
+    );
+    assert_eq!(env.data_snapshot().await, before);
+    assert_eq!(
+        env.errors_of(report.run_id).await,
+        vec!["store|-|-|removal.guard|0"]
+    );
+    assert_eq!(
+        env.rows(&format!(
+            "SELECT status || ':' || IFNULL(rooms_removed, '-') FROM sync_runs WHERE run_id = {}",
+            report.run_id
+        ))
+        .await,
+        vec!["failed:-"]
+    );
+
+    let report = env.sync_with(true).await;
+    assert_eq!(report.status.as_str(), "succeeded", "{report}");
+    assert_eq!(report.counts.unwrap().removed, 7);
+    assert_eq!(
+        env.scalar("SELECT COUNT(*) FROM rooms WHERE removed_at IS NULL")
+            .await,
+        5
+    );
+}
+
+#[tokio::test]
+async fn removals_within_the_limit_go_through() {
+    let env = TestEnv::new().await;
+    env.reset_upstream(&rooms_in_pages(12)).await;
+    env.sync().await;
+    env.reset_upstream(&rooms_in_pages(6)).await; // removes exactly 6 = 0.5 x 12
+    let report = env.sync().await;
+    assert_eq!(report.status.as_str(), "succeeded", "{report}");
+    assert_eq!(report.counts.unwrap().removed, 6);
+
+    // A small organisation may always lose up to five rooms.
+    env.reset_upstream(&rooms_in_pages(1)).await;
+    let report = env.sync().await;
+    assert_eq!(report.status.as_str(), "succeeded", "{report}");
+    assert_eq!(report.counts.unwrap().removed, 5);
+}
+
+#[tokio::test]
+async fn an_empty_listing_does_not_wipe_the_mirror() {
+    let env = TestEnv::new().await;
+    env.reset_upstream(&rooms_in_pages(20)).await;
+    env.sync().await;
+    env.reset_upstream(&[vec![]]).await;
+    let report = env.sync().await;
+    assert_eq!(report.status.as_str(), "failed");
+    assert_eq!(
+        env.scalar("SELECT COUNT(*) FROM rooms WHERE removed_at IS NULL")
+            .await,
+        20
+    );
+}
