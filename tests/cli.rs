@@ -311,7 +311,7 @@ async fn sigterm_during_the_fetch_exits_promptly_and_changes_nothing() {
         .await;
 
     for signal in ["-TERM", "-INT"] {
-        let mut child = Command::new(BIN)
+        let child = Command::new(BIN)
             .args(["--sync-now", "--config", env.config.to_str().unwrap()])
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
