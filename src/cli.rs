@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
@@ -28,9 +28,15 @@ pub mod exit {
     name = "roomsync",
     version,
     about = "Keeps a local SQLite mirror of an organisation's DingTalk meeting rooms",
-    after_help = "Exit codes: 0 success, 1 sync failed, 2 usage or configuration error, 75 another sync holds the lock."
+    long_about = "Keeps a local SQLite mirror of an organisation's DingTalk meeting rooms.\n\n\
+        Without a mode flag or command, runs as a daemon that syncs on [schedule] cron.",
+    after_help = "Exit codes: 0 success, 1 sync failed (status: stale), 2 usage or configuration error, \
+        75 another sync holds the lock."
 )]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Run one sync now and exit (trigger 'manual').
     #[arg(long)]
     pub sync_now: bool,
@@ -40,15 +46,29 @@ pub struct Cli {
     pub allow_mass_removal: bool,
 
     /// Configuration file [default: $ROOMSYNC_CONFIG, else /etc/roomsync/roomsync.toml].
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the latest runs and the age of the last success; exit 0 when it is younger than
+    /// --max-age, 1 when older or when there is none.
+    Status {
+        /// Oldest acceptable last success, e.g. 90m, 2h, 1day.
+        #[arg(long, value_name = "DURATION", default_value = "2h", value_parser = humantime::parse_duration)]
+        max_age: std::time::Duration,
+        /// How many of the latest runs to list.
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        runs: u32,
+    },
 }
 
 /// The whole program; `main` only calls this.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !cli.sync_now {
-        eprintln!("roomsync: nothing to do; use --sync-now (see --help)");
+    if cli.sync_now && cli.command.is_some() {
+        eprintln!("roomsync: --sync-now cannot be combined with a command");
         return ExitCode::from(exit::USAGE);
     }
     let settings = match Settings::load(cli.config.as_deref()) {
@@ -63,7 +83,45 @@ pub fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    ExitCode::from(runtime.block_on(sync_now(&settings, cli.allow_mass_removal)))
+    let code = runtime.block_on(async {
+        match cli.command {
+            Some(Command::Status { max_age, runs }) => status(&settings, max_age, runs).await,
+            None if cli.sync_now => sync_now(&settings, cli.allow_mass_removal).await,
+            None => daemon(settings).await,
+        }
+    });
+    ExitCode::from(code)
+}
+
+/// Daemon mode: runs until SIGTERM/SIGINT (exit 0); start-up problems exit 1.
+async fn daemon(settings: Settings) -> u8 {
+    match crate::daemon::run(settings).await {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "roomsync daemon cannot start");
+            eprintln!("roomsync: cannot start: {e:#}");
+            exit::FAILED
+        }
+    }
+}
+
+/// `status`: exit 0 when the last success is younger than `max_age`, else 1.
+async fn status(settings: &Settings, max_age: std::time::Duration, runs: u32) -> u8 {
+    let db = &settings.database.path;
+    match crate::status::read(db, runs).await {
+        Ok(report) => {
+            print!("{}", report.render(db, max_age));
+            if report.is_fresh(max_age) {
+                exit::OK
+            } else {
+                exit::FAILED
+            }
+        }
+        Err(e) => {
+            eprintln!("roomsync: {e}");
+            exit::FAILED
+        }
+    }
 }
 
 /// `--sync-now`: lock, open, run once, print the summary.

@@ -5,7 +5,7 @@
 //! row of rooms, labels, room_labels or room_groups.
 
 use sqlx::sqlite::SqliteConnection;
-use sqlx::Connection;
+use sqlx::{Connection, Executor};
 
 use super::runs::now_rfc3339;
 use super::staging::Staging;
@@ -210,7 +210,8 @@ async fn classify_staged_rooms(conn: &mut SqliteConnection) -> sqlx::Result<()> 
                                           WHERE sl.room_id = rl.room_id AND sl.label_id = rl.label_id)));",
         differs.join("\n             OR ")
     );
-    sqlx::raw_sql(&sql).execute(conn).await?;
+    // Executor::execute runs every statement of the string (raw_sql's future is not Send).
+    conn.execute(sql.as_str()).await?;
     Ok(())
 }
 

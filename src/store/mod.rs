@@ -81,6 +81,12 @@ impl Store {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // One connection stays open for the life of the process, so the -wal and -shm files
+            // stay in place: readers without write access to the directory can still open the
+            // database read-only while roomsync runs.
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
             .connect_with(options)
             .await
             .map_err(sqlx_err)?;

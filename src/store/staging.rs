@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use sqlx::sqlite::SqliteConnection;
-use sqlx::{Connection, QueryBuilder, Sqlite};
+use sqlx::{Connection, Executor, QueryBuilder, Sqlite};
 
 use crate::dingtalk::{Group, Room};
 
@@ -37,7 +37,8 @@ impl Staging {
     /// Takes a connection of its own (TEMP tables belong to one connection) and creates
     /// empty staging tables.
     pub async fn new(mut conn: SqliteConnection) -> sqlx::Result<Staging> {
-        sqlx::raw_sql(
+        (&mut conn)
+            .execute(
             "DROP TABLE IF EXISTS temp.stage_rooms;
              DROP TABLE IF EXISTS temp.stage_room_labels;
              DROP TABLE IF EXISTS temp.stage_labels;
@@ -54,7 +55,6 @@ impl Staging {
              CREATE TEMP TABLE stage_labels (label_id INTEGER PRIMARY KEY, label_name TEXT);
              CREATE TEMP TABLE stage_groups (group_id INTEGER PRIMARY KEY, group_name TEXT, parent_id INTEGER);",
         )
-        .execute(&mut conn)
         .await?;
         Ok(Staging { conn })
     }
@@ -158,12 +158,12 @@ impl Staging {
 
     /// Drops the staging tables and closes the connection.
     pub async fn close(mut self) -> sqlx::Result<()> {
-        sqlx::raw_sql(
+        (&mut self.conn)
+            .execute(
             "DROP TABLE IF EXISTS temp.stage_rooms; DROP TABLE IF EXISTS temp.stage_room_labels;
              DROP TABLE IF EXISTS temp.stage_labels; DROP TABLE IF EXISTS temp.stage_groups;",
-        )
-        .execute(&mut self.conn)
-        .await?;
+            )
+            .await?;
         self.conn.close().await
     }
 }

@@ -1,0 +1,206 @@
+//! Daemon mode: the cron schedule, no overlapping runs, systemd notification, graceful shutdown.
+//!
+//! Every tick calls the same [`run_sync`] as `--sync-now`. A tick that finds a run in progress,
+//! in this process or another (an operator's `--sync-now` holding the lock), is skipped: not
+//! queued and not recorded. A failed run is simply tried again at the next tick.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sd_notify::NotifyState;
+use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Settings;
+use crate::lock::SyncLock;
+use crate::store::runs::Trigger;
+use crate::store::Store;
+use crate::sync::{run_sync, SyncOptions};
+
+/// How long shutdown waits for a run in progress. Interrupting a fetch takes milliseconds;
+/// this leaves an apply under way time to finish inside systemd's patience and the
+/// promised five seconds.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(4500);
+
+/// What every tick needs.
+struct Daemon {
+    settings: Settings,
+    store: Store,
+    /// Set while this process runs a sync; ticks that find it set are skipped.
+    busy: AtomicBool,
+    shutdown: CancellationToken,
+    runs: TaskTracker,
+}
+
+/// Runs until SIGTERM or SIGINT. Errors are start-up problems (unusable database, scheduler),
+/// reported before READY=1.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let db = settings.database.path.clone();
+    let store = Store::open(&db).await?;
+    // Fail now, not at the first tick, when the lock file cannot be created.
+    drop(SyncLock::try_acquire(&db).with_context(|| {
+        format!(
+            "cannot create the sync lock file {}",
+            crate::lock::lock_path(&db).display()
+        )
+    })?);
+
+    let daemon = Arc::new(Daemon {
+        settings,
+        store,
+        busy: AtomicBool::new(false),
+        shutdown: CancellationToken::new(),
+        runs: TaskTracker::new(),
+    });
+    let mut scheduler = JobScheduler::new()
+        .await
+        .context("starting the scheduler")?;
+    let ticker = daemon.clone();
+    let job = Job::new_async(daemon.settings.schedule.cron.as_str(), move |_, _| {
+        let daemon = ticker.clone();
+        Box::pin(async move { daemon.start_run(Trigger::Schedule) })
+    })
+    .with_context(|| format!("schedule.cron {:?}", daemon.settings.schedule.cron))?;
+    scheduler
+        .add(job)
+        .await
+        .context("scheduling the sync job")?;
+    if let Some(period) = watchdog_period() {
+        // Pinged by a job of the scheduler itself: if the scheduler loop stalls, so do the
+        // pings, and systemd restarts the service.
+        let ping = Job::new_repeated_async(period, |_, _| {
+            Box::pin(async {
+                notify(&[NotifyState::Watchdog]);
+            })
+        })
+        .context("scheduling the watchdog")?;
+        scheduler
+            .add(ping)
+            .await
+            .context("scheduling the watchdog")?;
+    }
+    scheduler.start().await.context("starting the scheduler")?;
+
+    let next = next_tick(&mut scheduler).await;
+    tracing::info!(
+        cron = %daemon.settings.schedule.cron,
+        next_tick = next.as_deref().unwrap_or("unknown"),
+        database = %db.display(),
+        "roomsync daemon started"
+    );
+    notify(&[
+        NotifyState::Ready,
+        NotifyState::Status("waiting for the first sync"),
+    ]);
+    if daemon.settings.schedule.run_on_start {
+        daemon.start_run(Trigger::Startup);
+    }
+
+    let signal = crate::cli::wait_for_signal().await;
+    tracing::info!(signal, "shutting down");
+    notify(&[NotifyState::Stopping, NotifyState::Status("shutting down")]);
+    daemon.shutdown.cancel();
+    if let Err(e) = scheduler.shutdown().await {
+        tracing::warn!(error = %e, "scheduler did not shut down cleanly");
+    }
+    daemon.runs.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, daemon.runs.wait())
+        .await
+        .is_err()
+    {
+        tracing::error!("a sync run did not finish within the shutdown grace period");
+    }
+    daemon.store.pool().close().await;
+    tracing::info!("roomsync daemon stopped");
+    Ok(())
+}
+
+impl Daemon {
+    /// Starts a run in the background unless one is in progress here or elsewhere.
+    fn start_run(self: &Arc<Self>, trigger: Trigger) {
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        if self.busy.swap(true, Ordering::SeqCst) {
+            tracing::info!(
+                trigger = trigger.as_str(),
+                "skipping this tick: the previous run is still in progress"
+            );
+            return;
+        }
+        let daemon = self.clone();
+        self.runs.spawn(async move {
+            daemon.run_locked(trigger).await;
+            daemon.busy.store(false, Ordering::SeqCst);
+        });
+    }
+
+    async fn run_locked(&self, trigger: Trigger) {
+        let db = &self.settings.database.path;
+        let lock = match SyncLock::try_acquire(db) {
+            Ok(Some(lock)) => lock,
+            Ok(None) => {
+                tracing::info!(
+                    trigger = trigger.as_str(),
+                    "skipping this tick: another process holds the sync lock"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot take the sync lock; skipping this tick");
+                return;
+            }
+        };
+        let options = SyncOptions {
+            trigger,
+            allow_mass_removal: false,
+        };
+        match run_sync(
+            &self.store,
+            &self.settings,
+            options,
+            &lock,
+            self.shutdown.clone(),
+        )
+        .await
+        {
+            Ok(report) => notify(&[NotifyState::Status(&format!("last run: {report}"))]),
+            Err(e) => {
+                tracing::error!(error = %e, "sync run could not be recorded");
+                notify(&[NotifyState::Status(&format!(
+                    "last run could not be recorded: {e}"
+                ))]);
+            }
+        }
+    }
+}
+
+/// Half the watchdog interval systemd asks for, when it asks.
+fn watchdog_period() -> Option<Duration> {
+    let mut usec = 0u64;
+    sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec / 2))
+}
+
+/// Tells systemd (when run by it); a no-op otherwise.
+fn notify(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+async fn next_tick(scheduler: &mut JobScheduler) -> Option<String> {
+    scheduler
+        .time_till_next_job()
+        .await
+        .ok()
+        .flatten()
+        .map(|d| {
+            format!(
+                "in {}",
+                humantime::format_duration(Duration::from_secs(d.as_secs()))
+            )
+        })
+}

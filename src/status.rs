@@ -1,0 +1,176 @@
+//! `roomsync status`: the latest runs and the age of the last success, for people and for
+//! monitoring. Reads the database read-only; never blocks (or is blocked by) a running sync.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{ConnectOptions, Connection, FromRow};
+
+use crate::store::BUSY_TIMEOUT;
+
+#[derive(Debug, FromRow)]
+pub struct RunRow {
+    pub run_id: i64,
+    pub trigger: String,
+    pub status: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub pages_fetched: Option<i64>,
+    pub rooms_seen: Option<i64>,
+    pub rooms_added: Option<i64>,
+    pub rooms_updated: Option<i64>,
+    pub rooms_removed: Option<i64>,
+    pub error: Option<String>,
+}
+
+/// What `status` found.
+#[derive(Debug)]
+pub struct StatusReport {
+    pub runs: Vec<RunRow>,
+    pub last_success: Option<RunRow>,
+    pub active_rooms: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("no database at {0}: no sync has run yet")]
+    NoDatabase(String),
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: sqlx::Error },
+}
+
+const RUN_COLUMNS: &str =
+    "run_id, trigger, status, started_at, finished_at, pages_fetched, rooms_seen,
+     rooms_added, rooms_updated, rooms_removed, error";
+
+/// Reads the latest `limit` runs and the last successful one.
+pub async fn read(db: &Path, limit: u32) -> Result<StatusReport, StatusError> {
+    if !db.exists() {
+        return Err(StatusError::NoDatabase(db.display().to_string()));
+    }
+    let read_err = |source| StatusError::Read {
+        path: db.display().to_string(),
+        source,
+    };
+    let mut conn = SqliteConnectOptions::new()
+        .filename(db)
+        .read_only(true)
+        .busy_timeout(BUSY_TIMEOUT)
+        .connect()
+        .await
+        .map_err(read_err)?;
+    // One read transaction: the three answers agree with each other.
+    let mut tx = conn.begin().await.map_err(read_err)?;
+    let runs = sqlx::query_as::<_, RunRow>(&format!(
+        "SELECT {RUN_COLUMNS} FROM sync_runs ORDER BY run_id DESC LIMIT ?1"
+    ))
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(read_err)?;
+    let last_success = sqlx::query_as::<_, RunRow>(&format!(
+        "SELECT {RUN_COLUMNS} FROM sync_runs WHERE status = 'succeeded' ORDER BY run_id DESC LIMIT 1"
+    ))
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(read_err)?;
+    let active_rooms: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM rooms WHERE removed_at IS NULL")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(read_err)?;
+    tx.rollback().await.map_err(read_err)?;
+    conn.close().await.map_err(read_err)?;
+    Ok(StatusReport {
+        runs,
+        last_success,
+        active_rooms,
+    })
+}
+
+/// Seconds between two stored timestamps, or from one to now.
+fn seconds_between(from: &str, to: Option<&str>) -> Option<u64> {
+    let from = humantime::parse_rfc3339(from).ok()?;
+    let to = match to {
+        Some(t) => humantime::parse_rfc3339(t).ok()?,
+        None => SystemTime::now(),
+    };
+    Some(to.duration_since(from).unwrap_or_default().as_secs())
+}
+
+impl StatusReport {
+    /// Age of the last successful run (from when it finished), if there is one.
+    pub fn last_success_age(&self) -> Option<Duration> {
+        let run = self.last_success.as_ref()?;
+        seconds_between(run.finished_at.as_deref()?, None).map(Duration::from_secs)
+    }
+
+    /// Whether the mirror is fresh enough: a success younger than `max_age`.
+    pub fn is_fresh(&self, max_age: Duration) -> bool {
+        self.last_success_age().is_some_and(|age| age < max_age)
+    }
+
+    pub fn render(&self, db: &Path, max_age: Duration) -> String {
+        let mut out = String::new();
+        let max = humantime::format_duration(max_age);
+        let _ = writeln!(out, "database: {}", db.display());
+        let _ = writeln!(out, "active rooms: {}", self.active_rooms);
+        match (&self.last_success, self.last_success_age()) {
+            (Some(run), Some(age)) => {
+                let verdict = if age < max_age { "fresh" } else { "STALE" };
+                let _ = writeln!(
+                    out,
+                    "last success: run {} finished {}, {} ago: {verdict} (max age {max})",
+                    run.run_id,
+                    run.finished_at.as_deref().unwrap_or("?"),
+                    humantime::format_duration(age),
+                );
+            }
+            _ => {
+                let _ = writeln!(out, "last success: none: STALE (max age {max})");
+            }
+        }
+        if self.runs.is_empty() {
+            let _ = writeln!(out, "no runs recorded");
+            return out;
+        }
+        let _ = writeln!(
+            out,
+            "\n{:>6}  {:<8}  {:<11}  {:<20}  {:>8}  {:>5}  {:>6}  {:>5}  {:>7}  {:>7}  error",
+            "run",
+            "trigger",
+            "status",
+            "started",
+            "duration",
+            "pages",
+            "seen",
+            "added",
+            "updated",
+            "removed"
+        );
+        let num = |n: Option<i64>| n.map_or("-".to_string(), |n| n.to_string());
+        for r in &self.runs {
+            let duration = seconds_between(&r.started_at, r.finished_at.as_deref())
+                .map(|s| humantime::format_duration(Duration::from_secs(s)).to_string())
+                .unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                out,
+                "{:>6}  {:<8}  {:<11}  {:<20}  {:>8}  {:>5}  {:>6}  {:>5}  {:>7}  {:>7}  {}",
+                r.run_id,
+                r.trigger,
+                r.status,
+                r.started_at,
+                duration,
+                num(r.pages_fetched),
+                num(r.rooms_seen),
+                num(r.rooms_added),
+                num(r.rooms_updated),
+                num(r.rooms_removed),
+                r.error.as_deref().unwrap_or("")
+            );
+        }
+        out
+    }
+}

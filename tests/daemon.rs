@@ -1,0 +1,431 @@
+//! The daemon as users run it: the real binary, a schedule, signals and systemd notifications.
+
+mod common;
+
+use std::fs::File;
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use roomsync::lock::SyncLock;
+use serde_json::json;
+use wiremock::ResponseTemplate;
+
+const BIN: &str = env!("CARGO_BIN_EXE_roomsync");
+
+/// A daemon process with its stderr in a file and a notification socket standing in for systemd.
+struct Daemon {
+    child: Option<Child>,
+    log: PathBuf,
+    notify: UnixDatagram,
+}
+
+impl Daemon {
+    fn start(env: &TestEnv, extra_env: &[(&str, &str)]) -> Daemon {
+        let log = env
+            .dir
+            .path()
+            .join(format!("daemon-{}.log", fastrand_suffix()));
+        let socket = env
+            .dir
+            .path()
+            .join(format!("notify-{}.sock", fastrand_suffix()));
+        let notify = UnixDatagram::bind(&socket).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        // Through a shell that execs the daemon, so WATCHDOG_PID can name the daemon's own pid
+        // as systemd does.
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "export WATCHDOG_PID=$$; exec \"$0\" \"$@\"",
+            BIN,
+            "--config",
+            env.config.to_str().unwrap(),
+        ])
+        .env_remove("RUST_LOG")
+        .env("NOTIFY_SOCKET", &socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(File::create(&log).unwrap()));
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        Daemon {
+            child: Some(cmd.spawn().unwrap()),
+            log,
+            notify,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Notifications received so far (drains the socket).
+    fn notifications(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.notify.recv(&mut buf) {
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        out
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        Command::new("kill").args([signal, &pid]).status().unwrap();
+    }
+
+    /// Waits for the process to exit; panics after `limit`.
+    async fn wait(&mut self, limit: Duration) -> i32 {
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("daemon did not exit within {limit:?}; log:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn fastrand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::SeqCst)
+}
+
+/// Polls `check` every 20 ms until it holds; panics with the daemon log after `limit`.
+async fn until<F, Fut>(daemon: &Daemon, limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; log:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn succeeded_runs(env: &TestEnv) -> i64 {
+    if !env.db.exists() {
+        return 0;
+    }
+    env.scalar("SELECT COUNT(*) FROM sync_runs WHERE status = 'succeeded'")
+        .await
+}
+
+#[tokio::test]
+async fn a_one_second_schedule_runs_repeatedly_without_overlap() {
+    let env = TestEnv::with(
+        "",
+        "[schedule]\ncron = \"* * * * * *\"\nrun_on_start = false",
+    )
+    .await;
+    env.mount_token(None).await;
+    // Each run takes about 1.2 s: two pages of 600 ms, so some ticks find a run in progress.
+    let pages = rooms_in_pages(4);
+    page_request(0)
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"hasMore": true, "nextToken": 101, "result": pages[0]}))
+                .set_delay(Duration::from_millis(600)),
+        )
+        .mount(&env.server)
+        .await;
+    page_request(1)
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"hasMore": false, "result": pages[1]}))
+                .set_delay(Duration::from_millis(600)),
+        )
+        .mount(&env.server)
+        .await;
+
+    let mut daemon = Daemon::start(&env, &[]);
+    until(&daemon, Duration::from_secs(20), "three runs", || async {
+        succeeded_runs(&env).await >= 3
+    })
+    .await;
+    daemon.signal("-TERM");
+    assert_eq!(daemon.wait(Duration::from_secs(5)).await, 0);
+
+    let runs = env
+        .rows("SELECT trigger || '|' || status || '|' || started_at || '|' || IFNULL(finished_at, '') FROM sync_runs ORDER BY run_id")
+        .await;
+    let mut previous_finish = String::new();
+    for run in &runs {
+        let f: Vec<&str> = run.split('|').collect();
+        assert_eq!(f[0], "schedule", "{runs:?}");
+        assert!(f[1] == "succeeded" || f[1] == "interrupted", "{runs:?}");
+        assert!(
+            f[2] >= previous_finish.as_str(),
+            "a run started before the previous one finished: {runs:?}"
+        );
+        previous_finish = f[3].to_string();
+    }
+    let log = daemon.log();
+    assert!(
+        log.contains("skipping this tick: the previous run is still in progress"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("another process holds the sync lock"),
+        "{log}"
+    );
+    // Never two requests in flight: every page request of a run comes after the previous
+    // run's last one, which the run records prove; the lock and the busy flag are the cause.
+    assert_eq!(env.scalar("SELECT COUNT(*) FROM sync_errors").await, 0);
+}
+
+#[tokio::test]
+async fn sigterm_during_a_slow_fetch_exits_0_promptly_with_the_run_interrupted() {
+    let env = TestEnv::new().await;
+    env.reset_upstream(&rooms_in_pages(3)).await;
+    env.sync().await;
+    let before = env.data_snapshot().await;
+    env.server.reset().await;
+    env.mount_token(None).await;
+    let mut pages = rooms_in_pages(3);
+    pages[0][0]["roomName"] = json!("never applied");
+    page_request(0)
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"hasMore": true, "nextToken": 101, "result": pages[0]})),
+        )
+        .mount(&env.server)
+        .await;
+    page_request(1)
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(60)))
+        .mount(&env.server)
+        .await;
+
+    let mut daemon = Daemon::start(&env, &[("WATCHDOG_USEC", "2000000")]);
+    until(
+        &daemon,
+        Duration::from_secs(10),
+        "page 1 requested",
+        || async {
+            env.server
+                .received_requests()
+                .await
+                .unwrap()
+                .iter()
+                .any(|r| r.url.query().unwrap_or("").contains("nextToken=101"))
+        },
+    )
+    .await;
+    // The watchdog is pinged by the scheduler every WATCHDOG_USEC / 2, also during a run.
+    let mut notes = Vec::new();
+    until(&daemon, Duration::from_secs(5), "a watchdog ping", || {
+        notes.extend(daemon.notifications());
+        let pinged = notes.iter().any(|n| n.contains("WATCHDOG=1"));
+        async move { pinged }
+    })
+    .await;
+    let signalled = Instant::now();
+    daemon.signal("-TERM");
+    assert_eq!(daemon.wait(Duration::from_secs(5)).await, 0);
+    assert!(signalled.elapsed() < Duration::from_secs(5));
+
+    assert_eq!(env.data_snapshot().await, before);
+    assert_eq!(
+        env.rows("SELECT trigger || ':' || status FROM sync_runs ORDER BY run_id")
+            .await,
+        vec!["manual:succeeded", "startup:interrupted"]
+    );
+    notes.extend(daemon.notifications());
+    let notes = notes.join("\n");
+    assert!(notes.contains("READY=1"), "{notes}");
+    assert!(notes.contains("STOPPING=1"), "{notes}");
+    assert!(
+        notes.contains("STATUS=last run: sync run 2 interrupted"),
+        "{notes}"
+    );
+}
+
+#[tokio::test]
+async fn a_tick_while_another_process_holds_the_lock_is_skipped() {
+    let env = TestEnv::with("", "[schedule]\ncron = \"* * * * * *\"").await;
+    env.reset_upstream(&rooms_in_pages(3)).await;
+    let held = SyncLock::try_acquire(&env.db).unwrap().unwrap();
+    let mut daemon = Daemon::start(&env, &[]);
+    until(
+        &daemon,
+        Duration::from_secs(10),
+        "two skipped ticks",
+        || async {
+            daemon
+                .log()
+                .matches("skipping this tick: another process holds the sync lock")
+                .count()
+                >= 2
+        },
+    )
+    .await;
+    assert_eq!(
+        env.scalar("SELECT COUNT(*) FROM sync_runs").await,
+        0,
+        "a skipped tick is not recorded"
+    );
+    drop(held);
+    until(
+        &daemon,
+        Duration::from_secs(10),
+        "a run once the lock is free",
+        || async { succeeded_runs(&env).await >= 1 },
+    )
+    .await;
+    daemon.signal("-INT");
+    assert_eq!(daemon.wait(Duration::from_secs(5)).await, 0);
+    assert_eq!(
+        env.scalar("SELECT COUNT(*) FROM sync_runs WHERE status = 'failed'")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn an_unusable_database_stops_the_daemon_before_it_reports_ready() {
+    let env = TestEnv::new().await;
+    std::fs::write(&env.db, b"not a database at all, just text").unwrap();
+    let mut daemon = Daemon::start(&env, &[]);
+    assert_eq!(daemon.wait(Duration::from_secs(5)).await, 1);
+    assert!(
+        daemon.log().contains("not an SQLite database"),
+        "{}",
+        daemon.log()
+    );
+    assert!(!daemon.notifications().iter().any(|n| n.contains("READY=1")));
+}
+
+fn status(env: &TestEnv, args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN)
+        .args(["status", "--config", env.config.to_str().unwrap()])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[tokio::test]
+async fn status_exit_codes_follow_the_age_of_the_last_success() {
+    let env = TestEnv::new().await;
+    // No database yet.
+    let (code, out) = status(&env, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("no sync has run yet"), "{out}");
+    assert!(!env.db.exists(), "status never creates the database");
+
+    // A database with only a failed run.
+    env.mount_token(None).await;
+    env.sync().await;
+    let (code, out) = status(&env, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("last success: none"), "{out}");
+
+    // Fresh.
+    env.reset_upstream(&rooms_in_pages(3)).await;
+    env.sync().await;
+    let (code, out) = status(&env, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("fresh"), "{out}");
+    assert!(out.contains("active rooms: 3"), "{out}");
+    assert!(out.contains("manual    succeeded"), "{out}");
+    assert!(out.contains("manual    failed"), "{out}");
+
+    // Stale: the success finished three hours ago.
+    {
+        use sqlx::ConnectOptions;
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&env.db)
+            .connect()
+            .await
+            .unwrap();
+        let three_hours_ago = humantime::format_rfc3339_seconds(
+            std::time::SystemTime::now() - Duration::from_secs(3 * 3600),
+        );
+        sqlx::query("UPDATE sync_runs SET finished_at = ? WHERE status = 'succeeded'")
+            .bind(three_hours_ago.to_string())
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let (code, out) = status(&env, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("STALE"), "{out}");
+    assert_eq!(status(&env, &["--max-age", "4h"]).0, 0);
+    assert_eq!(status(&env, &["--max-age", "200m"]).0, 0);
+    assert_eq!(status(&env, &["--max-age", "90m"]).0, 1);
+    assert_eq!(status(&env, &["--max-age", "soon"]).0, 2);
+
+    // Config errors.
+    env.write_config("page_size = 0", "");
+    assert_eq!(status(&env, &[]).0, 2);
+}
+
+#[tokio::test]
+async fn status_does_not_wait_for_a_running_sync() {
+    let env = TestEnv::new().await;
+    env.reset_upstream(&rooms_in_pages(3)).await;
+    env.sync().await;
+    // A writer holding the database's write lock, as an apply does.
+    use sqlx::{ConnectOptions, Connection};
+    let mut writer = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&env.db)
+        .connect()
+        .await
+        .unwrap();
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    sqlx::query("UPDATE rooms SET room_name = 'uncommitted'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (code, out) = tokio::task::spawn_blocking({
+        let config = env.config.clone();
+        move || {
+            let out = Command::new(BIN)
+                .args(["status", "--config", config.to_str().unwrap()])
+                .output()
+                .unwrap();
+            (
+                out.status.code().unwrap(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "status waited for the writer"
+    );
+    tx.rollback().await.unwrap();
+}
