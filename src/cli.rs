@@ -45,6 +45,11 @@ pub struct Cli {
     #[arg(long, requires = "sync_now")]
     pub allow_mass_removal: bool,
 
+    /// Sync a generated organisation from a built-in stand-in DingTalk API into
+    /// ./roomsync-demo.db; needs no config file and no credentials.
+    #[arg(long, conflicts_with_all = ["sync_now", "config"])]
+    pub demo: bool,
+
     /// Configuration file [default: $ROOMSYNC_CONFIG, else /etc/roomsync/roomsync.toml].
     #[arg(long, value_name = "PATH", global = true)]
     pub config: Option<PathBuf>,
@@ -67,9 +72,12 @@ pub enum Command {
 /// The whole program; `main` only calls this.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if cli.sync_now && cli.command.is_some() {
-        eprintln!("roomsync: --sync-now cannot be combined with a command");
+    if (cli.sync_now || cli.demo) && cli.command.is_some() {
+        eprintln!("roomsync: --sync-now and --demo cannot be combined with a command");
         return ExitCode::from(exit::USAGE);
+    }
+    if cli.demo {
+        return ExitCode::from(demo());
     }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
@@ -91,6 +99,36 @@ pub fn main() -> ExitCode {
         }
     });
     ExitCode::from(code)
+}
+
+/// `--demo`: the stand-in, one sync into ./roomsync-demo.db, and queries to try.
+fn demo() -> u8 {
+    crate::telemetry::init(&crate::config::LogSettings {
+        level: "warn".into(),
+        format: crate::config::LogFormat::Text,
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        match crate::demo::run(shutdown).await {
+            Ok(report) if report.status == RunStatus::Succeeded => {
+                println!("{}", crate::demo::next_steps(&report));
+                exit::OK
+            }
+            Ok(report) => {
+                eprintln!("roomsync: {report}");
+                exit::FAILED
+            }
+            Err(e) => {
+                eprintln!("roomsync: demo failed: {e:#}");
+                exit::FAILED
+            }
+        }
+    })
 }
 
 /// Daemon mode: runs until SIGTERM/SIGINT (exit 0); start-up problems exit 1.

@@ -210,20 +210,28 @@ impl Settings {
         raw.validate(env.get("CREDENTIALS_DIRECTORY").map(PathBuf::from))
     }
 
-    /// Settings for a run against a given endpoint without a config file (`--demo`, tests).
-    pub fn for_endpoint(base_url: Url, database: PathBuf) -> Settings {
+    /// Settings for a run against a given endpoint without a config file (`--demo`, the
+    /// benchmark): page size 100, short retry delays, no client-side rate limit to speak of,
+    /// other keys at their defaults.
+    pub fn for_endpoint(
+        base_url: Url,
+        app_key: &str,
+        app_secret: SecretString,
+        union_id: &str,
+        database: PathBuf,
+    ) -> Settings {
         let raw = RawSettings::default();
         Settings {
             dingtalk: DingTalkSettings {
                 base_url,
-                app_key: "roomsync-demo".into(),
-                app_secret: SecretString::from("demo-secret"),
-                union_id: "demo-union-id".into(),
+                app_key: app_key.into(),
+                app_secret,
+                union_id: union_id.into(),
                 page_size: 100,
                 timeout: Duration::from_secs(30),
                 max_attempts: 5,
                 retry_base_delay: Duration::from_millis(50),
-                requests_per_second: 1000.0,
+                requests_per_second: 10_000.0,
             },
             database: DatabaseSettings { path: database },
             sync: raw.sync,

@@ -7,9 +7,11 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod dingtalk;
 pub mod failure;
 pub mod lock;
+pub mod standin;
 pub mod status;
 pub mod store;
 pub mod sync;

@@ -1,0 +1,284 @@
+//! The HTTP side of the stand-in: the token endpoint, `meetingRoomLists` and `groupLists`, with
+//! DingTalk's pagination and error shapes, per-page latency and scripted faults.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::org::OrgSpec;
+use super::{Fault, FaultKind, StandInConfig};
+
+pub(super) struct Shared {
+    pub org: RwLock<OrgSpec>,
+    pub app_key: String,
+    pub app_secret: String,
+    pub union_id: String,
+    pub page_latency: Duration,
+    pub faults: Mutex<Vec<Fault>>,
+    pub tokens: Mutex<TokenState>,
+    pub counts: Counters,
+}
+
+#[derive(Default)]
+pub struct Counters {
+    pub token_requests: AtomicU64,
+    pub page_requests: AtomicU64,
+    pub group_requests: AtomicU64,
+}
+
+pub(super) struct TokenState {
+    current: Option<String>,
+    issued: u64,
+    /// Listing requests the current token still serves, when a fault makes it expire.
+    uses_left: Option<u32>,
+    expire_after: Option<u32>,
+}
+
+impl Shared {
+    pub fn new(config: StandInConfig) -> Shared {
+        Shared {
+            org: RwLock::new(config.org),
+            app_key: config.app_key,
+            app_secret: config.app_secret,
+            union_id: config.union_id,
+            page_latency: config.page_latency,
+            faults: Mutex::new(config.faults),
+            tokens: Mutex::new(TokenState {
+                current: None,
+                issued: 0,
+                uses_left: None,
+                expire_after: config.expire_token_after,
+            }),
+            counts: Counters::default(),
+        }
+    }
+}
+
+pub(super) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1.0/oauth2/accessToken", post(access_token))
+        .route("/v1.0/rooms/meetingRoomLists", get(room_list))
+        .route("/v1.0/rooms/groupLists", get(group_list))
+        .with_state(shared)
+}
+
+fn dingtalk_error(status: StatusCode, code: &str, message: &str) -> Response {
+    let request_id = format!("standin-{:016x}", fastrand::u64(..));
+    (
+        status,
+        [("x-acs-request-id", request_id.clone())],
+        Json(json!({"code": code, "message": message, "requestid": request_id})),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenRequest {
+    app_key: Option<String>,
+    app_secret: Option<String>,
+}
+
+async fn access_token(State(s): State<Arc<Shared>>, body: Option<Json<TokenRequest>>) -> Response {
+    s.counts.token_requests.fetch_add(1, Ordering::Relaxed);
+    let Some(Json(body)) = body else {
+        return dingtalk_error(
+            StatusCode::BAD_REQUEST,
+            "param.error",
+            "the body must be JSON",
+        );
+    };
+    if body.app_key.as_deref() != Some(&s.app_key)
+        || body.app_secret.as_deref() != Some(&s.app_secret)
+    {
+        return dingtalk_error(
+            StatusCode::BAD_REQUEST,
+            "invalidClientIdOrSecret",
+            "invalid appKey or appSecret",
+        );
+    }
+    let mut t = s.tokens.lock().expect("not poisoned");
+    // Like DingTalk: asking again while a token is valid returns the same token.
+    let token = match &t.current {
+        Some(token) => token.clone(),
+        None => {
+            t.issued += 1;
+            let token = format!("standin-token-{}-{:08x}", t.issued, fastrand::u32(..));
+            t.current = Some(token.clone());
+            t.uses_left = t.expire_after;
+            token
+        }
+    };
+    Json(json!({"accessToken": token, "expireIn": 7200})).into_response()
+}
+
+/// Checks the token header; a token that has run out of uses stops being valid.
+fn check_token(s: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(given) = headers
+        .get("x-acs-dingtalk-access-token")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Err(dingtalk_error(
+            StatusCode::BAD_REQUEST,
+            "AuthenticationFailed.MissingParameter",
+            "x-acs-dingtalk-access-token is missing",
+        ));
+    };
+    let mut t = s.tokens.lock().expect("not poisoned");
+    if t.current.as_deref() != Some(given) {
+        return Err(dingtalk_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidAuthentication",
+            "token is invalid or expired",
+        ));
+    }
+    if let Some(left) = t.uses_left.as_mut() {
+        if *left == 0 {
+            t.current = None;
+            return Err(dingtalk_error(
+                StatusCode::BAD_REQUEST,
+                "InvalidAuthentication",
+                "token is invalid or expired",
+            ));
+        }
+        *left -= 1;
+    }
+    Ok(())
+}
+
+fn check_union_id(s: &Shared, query: &HashMap<String, String>) -> Result<(), Response> {
+    match query.get("unionId") {
+        None => Err(dingtalk_error(
+            StatusCode::BAD_REQUEST,
+            "param.error",
+            "unionId is required",
+        )),
+        Some(u) if *u != s.union_id => Err(dingtalk_error(
+            StatusCode::BAD_REQUEST,
+            "user.not.employee",
+            "User Not Employee",
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+async fn room_list(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    s.counts.page_requests.fetch_add(1, Ordering::Relaxed);
+    if let Err(r) = check_token(&s, &headers).and_then(|()| check_union_id(&s, &query)) {
+        return r;
+    }
+    let org = *s.org.read().expect("not poisoned");
+    let page_size = match query.get("maxResults").map(|v| v.parse::<usize>()) {
+        None => 20,
+        Some(Ok(n)) if (1..=100).contains(&n) => n,
+        _ => {
+            return dingtalk_error(
+                StatusCode::BAD_REQUEST,
+                "param.error",
+                "maxResults must be 1..=100",
+            )
+        }
+    };
+    let offset = match query.get("nextToken").map(|v| v.parse::<usize>()) {
+        None => 0,
+        Some(Ok(n)) if n > 0 && n < org.rooms => n,
+        _ => {
+            return dingtalk_error(
+                StatusCode::BAD_REQUEST,
+                "param.error",
+                "nextToken is invalid",
+            )
+        }
+    };
+    let page = (offset / page_size) as u32;
+    if !s.page_latency.is_zero() {
+        tokio::time::sleep(s.page_latency).await;
+    }
+    let fault = take_fault(&s, Some(page));
+    if let Some(r) = fault.as_ref().and_then(fault_response) {
+        return r;
+    }
+
+    let end = (offset + page_size).min(org.rooms);
+    let has_more = end < org.rooms;
+    let mut body = Vec::with_capacity(page_size * 600);
+    body.extend_from_slice(format!("{{\"hasMore\":{has_more},").as_bytes());
+    if has_more {
+        body.extend_from_slice(format!("\"nextToken\":{end},").as_bytes());
+    }
+    body.extend_from_slice(b"\"result\":[");
+    for i in offset..end {
+        if i > offset {
+            body.push(b',');
+        }
+        serde_json::to_writer(&mut body, &org.room(i)).expect("serializable");
+    }
+    body.extend_from_slice(b"]}");
+    if matches!(fault.map(|f| f.kind), Some(FaultKind::TruncatedBody)) {
+        body.truncate(body.len() / 2);
+    }
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn group_list(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    s.counts.group_requests.fetch_add(1, Ordering::Relaxed);
+    if let Err(r) = check_token(&s, &headers).and_then(|()| check_union_id(&s, &query)) {
+        return r;
+    }
+    if !s.page_latency.is_zero() {
+        tokio::time::sleep(s.page_latency).await;
+    }
+    let fault = take_fault(&s, None);
+    if let Some(r) = fault.as_ref().and_then(fault_response) {
+        return r;
+    }
+    let org = *s.org.read().expect("not poisoned");
+    let mut body = serde_json::to_vec(&json!({"result": org.groups()})).expect("serializable");
+    if matches!(fault.map(|f| f.kind), Some(FaultKind::TruncatedBody)) {
+        body.truncate(body.len() / 2);
+    }
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Takes one use of the first fault scripted for this page (`None`: the group list).
+fn take_fault(s: &Shared, page: Option<u32>) -> Option<Fault> {
+    let mut faults = s.faults.lock().expect("not poisoned");
+    let fault = faults.iter_mut().find(|f| f.page == page && f.times > 0)?;
+    fault.times -= 1;
+    Some(fault.clone())
+}
+
+/// The response a fault replaces the page with; `None` when the page is served and altered.
+fn fault_response(fault: &Fault) -> Option<Response> {
+    match &fault.kind {
+        FaultKind::Status { status, code } => {
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            Some(dingtalk_error(status, code, "scripted fault"))
+        }
+        FaultKind::HtmlThrottle => Some(
+            (
+                [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                "<html><head><title>Access denied</title></head><body>Too many requests from your IP.</body></html>",
+            )
+                .into_response(),
+        ),
+        FaultKind::TruncatedBody => None,
+    }
+}
