@@ -66,7 +66,7 @@ impl OrgSpec {
 
     /// Whether room `i` differs from revision 0 in this revision.
     pub fn is_changed(&self, i: usize) -> bool {
-        self.revision > 0 && (i + self.revision as usize) % self.change_every == 0
+        self.revision > 0 && (i + self.revision as usize).is_multiple_of(self.change_every)
     }
 
     /// Every group: campuses (top level), buildings, floors, and two groups without rooms.

@@ -121,52 +121,58 @@ async fn access_token(State(s): State<Arc<Shared>>, body: Option<Json<TokenReque
     Json(json!({"accessToken": token, "expireIn": 7200})).into_response()
 }
 
+/// A refused request: a 400 with DingTalk's error body.
+struct Rejection {
+    code: &'static str,
+    message: &'static str,
+}
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        dingtalk_error(StatusCode::BAD_REQUEST, self.code, self.message)
+    }
+}
+
+const EXPIRED: Rejection = Rejection {
+    code: "InvalidAuthentication",
+    message: "token is invalid or expired",
+};
+
 /// Checks the token header; a token that has run out of uses stops being valid.
-fn check_token(s: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+fn check_token(s: &Shared, headers: &HeaderMap) -> Result<(), Rejection> {
     let Some(given) = headers
         .get("x-acs-dingtalk-access-token")
         .and_then(|v| v.to_str().ok())
     else {
-        return Err(dingtalk_error(
-            StatusCode::BAD_REQUEST,
-            "AuthenticationFailed.MissingParameter",
-            "x-acs-dingtalk-access-token is missing",
-        ));
+        return Err(Rejection {
+            code: "AuthenticationFailed.MissingParameter",
+            message: "x-acs-dingtalk-access-token is missing",
+        });
     };
     let mut t = s.tokens.lock().expect("not poisoned");
     if t.current.as_deref() != Some(given) {
-        return Err(dingtalk_error(
-            StatusCode::BAD_REQUEST,
-            "InvalidAuthentication",
-            "token is invalid or expired",
-        ));
+        return Err(EXPIRED);
     }
     if let Some(left) = t.uses_left.as_mut() {
         if *left == 0 {
             t.current = None;
-            return Err(dingtalk_error(
-                StatusCode::BAD_REQUEST,
-                "InvalidAuthentication",
-                "token is invalid or expired",
-            ));
+            return Err(EXPIRED);
         }
         *left -= 1;
     }
     Ok(())
 }
 
-fn check_union_id(s: &Shared, query: &HashMap<String, String>) -> Result<(), Response> {
+fn check_union_id(s: &Shared, query: &HashMap<String, String>) -> Result<(), Rejection> {
     match query.get("unionId") {
-        None => Err(dingtalk_error(
-            StatusCode::BAD_REQUEST,
-            "param.error",
-            "unionId is required",
-        )),
-        Some(u) if *u != s.union_id => Err(dingtalk_error(
-            StatusCode::BAD_REQUEST,
-            "user.not.employee",
-            "User Not Employee",
-        )),
+        None => Err(Rejection {
+            code: "param.error",
+            message: "unionId is required",
+        }),
+        Some(u) if *u != s.union_id => Err(Rejection {
+            code: "user.not.employee",
+            message: "User Not Employee",
+        }),
         Some(_) => Ok(()),
     }
 }
@@ -178,7 +184,7 @@ async fn room_list(
 ) -> Response {
     s.counts.page_requests.fetch_add(1, Ordering::Relaxed);
     if let Err(r) = check_token(&s, &headers).and_then(|()| check_union_id(&s, &query)) {
-        return r;
+        return r.into_response();
     }
     let org = *s.org.read().expect("not poisoned");
     let page_size = match query.get("maxResults").map(|v| v.parse::<usize>()) {
@@ -240,7 +246,7 @@ async fn group_list(
 ) -> Response {
     s.counts.group_requests.fetch_add(1, Ordering::Relaxed);
     if let Err(r) = check_token(&s, &headers).and_then(|()| check_union_id(&s, &query)) {
-        return r;
+        return r.into_response();
     }
     if !s.page_latency.is_zero() {
         tokio::time::sleep(s.page_latency).await;
