@@ -5,7 +5,7 @@
 //! row of rooms, labels, room_labels or room_groups.
 
 use sqlx::sqlite::SqliteConnection;
-use sqlx::{Connection, Executor};
+use sqlx::Connection;
 
 use super::runs::now_rfc3339;
 use super::staging::Staging;
@@ -27,6 +27,8 @@ pub const SYNCED_ROOM_COLUMNS: [&str; 10] = [
 pub struct ApplyRequest {
     pub run_id: i64,
     pub pages_fetched: u32,
+    /// Distinct rooms in the complete listing (staged or not).
+    pub rooms_seen: u64,
     pub max_removal_ratio: f64,
     pub allow_mass_removal: bool,
 }
@@ -68,7 +70,7 @@ pub async fn apply(staging: &mut Staging, req: &ApplyRequest) -> sqlx::Result<Ap
     let would_remove = count(
         &mut tx,
         "SELECT COUNT(*) FROM main.rooms WHERE removed_at IS NULL
-           AND room_id NOT IN (SELECT room_id FROM temp.stage_rooms)",
+           AND room_id IN (SELECT room_id FROM temp.stage_removed)",
     )
     .await?;
     let limit = removal_limit(active, req.max_removal_ratio);
@@ -82,7 +84,7 @@ pub async fn apply(staging: &mut Staging, req: &ApplyRequest) -> sqlx::Result<Ap
     }
 
     classify_staged_rooms(&mut tx).await?;
-    let seen = count(&mut tx, "SELECT COUNT(*) FROM temp.stage_rooms").await?;
+    let seen = req.rooms_seen;
     let added = count(
         &mut tx,
         "SELECT COUNT(*) FROM temp.stage_rooms WHERE change IN ('added', 'restored')",
@@ -137,7 +139,7 @@ pub async fn apply(staging: &mut Staging, req: &ApplyRequest) -> sqlx::Result<Ap
     // Label links: only the rooms that changed can have different links.
     sqlx::query(
         "DELETE FROM main.room_labels
-         WHERE room_id IN (SELECT room_id FROM temp.stage_rooms WHERE change IS NOT NULL)
+         WHERE room_id IN (SELECT room_id FROM temp.stage_rooms WHERE change IN ('updated', 'restored'))
            AND NOT EXISTS (SELECT 1 FROM temp.stage_room_labels AS sl
                            WHERE sl.room_id = room_labels.room_id AND sl.label_id = room_labels.label_id)",
     )
@@ -152,9 +154,18 @@ pub async fn apply(staging: &mut Staging, req: &ApplyRequest) -> sqlx::Result<Ap
     .execute(&mut *tx)
     .await?;
 
+    sqlx::query(
+        "INSERT INTO main.roomsync_room_fingerprints (room_id, fingerprint)
+         SELECT room_id, fingerprint FROM temp.stage_rooms WHERE true
+         ON CONFLICT (room_id) DO UPDATE SET fingerprint = excluded.fingerprint
+         WHERE roomsync_room_fingerprints.fingerprint IS NOT excluded.fingerprint",
+    )
+    .execute(&mut *tx)
+    .await?;
+
     let removed = sqlx::query(
         "UPDATE main.rooms SET removed_at = ?1
-         WHERE removed_at IS NULL AND room_id NOT IN (SELECT room_id FROM temp.stage_rooms)",
+         WHERE removed_at IS NULL AND room_id IN (SELECT room_id FROM temp.stage_removed)",
     )
     .bind(&now)
     .execute(&mut *tx)
@@ -185,33 +196,29 @@ pub async fn apply(staging: &mut Staging, req: &ApplyRequest) -> sqlx::Result<Ap
     Ok(ApplyOutcome::Applied(counts))
 }
 
-/// Sets `stage_rooms.change`: `added` (new), `restored` (was removed), `updated` (a field,
-/// the group or the label set differs), or NULL (unchanged).
+/// Settles the `candidate` rooms of `stage_rooms` (active, fingerprint differs) as `updated`
+/// when a field, the group or the label set differs, or NULL when nothing does. `added` and
+/// `restored` come from the run's ledger.
 async fn classify_staged_rooms(conn: &mut SqliteConnection) -> sqlx::Result<()> {
     let differs: Vec<String> = SYNCED_ROOM_COLUMNS
         .iter()
         .map(|c| format!("r.{c} IS NOT s.{c}"))
         .collect();
     let sql = format!(
-        "UPDATE temp.stage_rooms SET change = NULL;
-         UPDATE temp.stage_rooms AS s SET change = 'added'
-          WHERE NOT EXISTS (SELECT 1 FROM main.rooms AS r WHERE r.room_id = s.room_id);
-         UPDATE temp.stage_rooms AS s SET change = 'restored'
-          FROM main.rooms AS r WHERE r.room_id = s.room_id AND r.removed_at IS NOT NULL;
-         UPDATE temp.stage_rooms AS s SET change = 'updated'
-          FROM main.rooms AS r
-          WHERE r.room_id = s.room_id AND r.removed_at IS NULL AND (
-                {}
-             OR EXISTS (SELECT 1 FROM temp.stage_room_labels AS sl WHERE sl.room_id = s.room_id
-                          AND NOT EXISTS (SELECT 1 FROM main.room_labels AS rl
-                                          WHERE rl.room_id = sl.room_id AND rl.label_id = sl.label_id))
-             OR EXISTS (SELECT 1 FROM main.room_labels AS rl WHERE rl.room_id = s.room_id
-                          AND NOT EXISTS (SELECT 1 FROM temp.stage_room_labels AS sl
-                                          WHERE sl.room_id = rl.room_id AND sl.label_id = rl.label_id)));",
-        differs.join("\n             OR ")
+        "UPDATE temp.stage_rooms AS s
+            SET change = CASE WHEN {}
+                    OR EXISTS (SELECT 1 FROM temp.stage_room_labels AS sl WHERE sl.room_id = s.room_id
+                                 AND NOT EXISTS (SELECT 1 FROM main.room_labels AS rl
+                                                 WHERE rl.room_id = sl.room_id AND rl.label_id = sl.label_id))
+                    OR EXISTS (SELECT 1 FROM main.room_labels AS rl WHERE rl.room_id = s.room_id
+                                 AND NOT EXISTS (SELECT 1 FROM temp.stage_room_labels AS sl
+                                                 WHERE sl.room_id = rl.room_id AND sl.label_id = rl.label_id))
+                THEN 'updated' END
+           FROM main.rooms AS r
+          WHERE r.room_id = s.room_id AND s.change = 'candidate'",
+        differs.join("\n                    OR ")
     );
-    // Executor::execute runs every statement of the string (raw_sql's future is not Send).
-    conn.execute(sql.as_str()).await?;
+    sqlx::query(&sql).execute(conn).await?;
     Ok(())
 }
 

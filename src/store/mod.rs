@@ -3,6 +3,7 @@
 //! Staging and the all-or-nothing apply live in [`staging`] and [`apply`].
 
 pub mod apply;
+pub mod fingerprints;
 pub mod runs;
 pub mod staging;
 

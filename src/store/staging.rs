@@ -1,36 +1,69 @@
-//! Staging: the fetched listing is collected in TEMP tables of the sync's own connection, page
-//! by page, so the live tables are untouched until the apply and memory stays flat however
-//! many rooms there are. TEMP tables live outside the database file: staging takes no lock
-//! that readers or other writers could notice.
+//! Staging: what the apply will write, collected in TEMP tables of the sync's own connection,
+//! outside the database file. Staging takes no lock that readers or other writers could notice,
+//! and memory stays flat however many rooms there are.
+//!
+//! Rows travel as one JSON array per batch, unpacked by SQLite's `json_each`: one prepared
+//! statement per table whatever the batch size.
 
 use std::collections::HashMap;
 
+use serde::Serialize;
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{Connection, Executor, QueryBuilder, Sqlite};
 
 use crate::dingtalk::{Group, Room};
+use crate::sync::Change;
 
-/// Rows per INSERT statement: well under SQLite's 32766 bound parameters.
-const ROWS_PER_STATEMENT: usize = 500;
+/// A room to stage: the record, its fingerprint and what the ledger knows of it.
+pub type StagedRecord = (Room, i64, Change);
 
-async fn stage_groups(conn: &mut SqliteConnection, groups: &[&Group]) -> sqlx::Result<()> {
-    for groups in groups.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT OR REPLACE INTO temp.stage_groups (group_id, group_name, parent_id) ",
-        );
-        q.push_values(groups, |mut b, g| {
-            b.push_bind(g.group_id)
-                .push_bind(g.group_name.as_deref())
-                .push_bind(g.parent_id);
-        });
-        q.build().execute(&mut *conn).await?;
-    }
-    Ok(())
-}
-
-/// A sync run's private connection holding the staged listing.
+/// A sync run's private connection holding the staged rows.
 pub struct Staging {
     conn: SqliteConnection,
+}
+
+/// A room as staged: its columns, its fingerprint and its label ids, as a JSON array.
+#[derive(Serialize)]
+struct StagedRoom<'a>(
+    &'a str,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<i64>,
+    Option<i64>,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<i64>,
+    i64,
+    Vec<i64>,
+    &'static str,
+);
+
+impl<'a> StagedRoom<'a> {
+    fn new(r: &'a Room, fingerprint: i64, change: Change) -> Self {
+        StagedRoom(
+            &r.room_id,
+            r.corp_id.as_deref(),
+            r.room_staff_id.as_deref(),
+            r.room_name.as_deref(),
+            r.room_status,
+            r.room_capacity,
+            r.location_title.as_deref(),
+            r.location_desc.as_deref(),
+            r.room_picture.as_deref(),
+            r.isv_room_id.as_deref(),
+            r.group.as_ref().map(|g| g.group_id),
+            fingerprint,
+            r.labels.iter().map(|l| l.label_id).collect(),
+            change.as_str(),
+        )
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("staging rows serialize")
 }
 
 impl Staging {
@@ -39,23 +72,29 @@ impl Staging {
     pub async fn new(mut conn: SqliteConnection) -> sqlx::Result<Staging> {
         (&mut conn)
             .execute(
-            "DROP TABLE IF EXISTS temp.stage_rooms;
-             DROP TABLE IF EXISTS temp.stage_room_labels;
-             DROP TABLE IF EXISTS temp.stage_labels;
-             DROP TABLE IF EXISTS temp.stage_groups;
-             CREATE TEMP TABLE stage_rooms (
-                 room_id TEXT PRIMARY KEY, corp_id TEXT, room_staff_id TEXT, room_name TEXT,
-                 room_status INTEGER, room_capacity INTEGER, location_title TEXT, location_desc TEXT,
-                 room_picture TEXT, isv_room_id TEXT, group_id INTEGER,
-                 change TEXT -- set by the apply: added | restored | updated
-             );
-             CREATE TEMP TABLE stage_room_labels (
-                 room_id TEXT NOT NULL, label_id INTEGER NOT NULL, PRIMARY KEY (room_id, label_id)
-             ) WITHOUT ROWID;
-             CREATE TEMP TABLE stage_labels (label_id INTEGER PRIMARY KEY, label_name TEXT);
-             CREATE TEMP TABLE stage_groups (group_id INTEGER PRIMARY KEY, group_name TEXT, parent_id INTEGER);",
-        )
-        .await?;
+                "DROP TABLE IF EXISTS temp.stage_rooms;
+                 DROP TABLE IF EXISTS temp.stage_room_labels;
+                 DROP TABLE IF EXISTS temp.stage_labels;
+                 DROP TABLE IF EXISTS temp.stage_groups;
+                 DROP TABLE IF EXISTS temp.stage_removed;
+                 CREATE TEMP TABLE stage_rooms (
+                     room_id TEXT PRIMARY KEY, corp_id TEXT, room_staff_id TEXT, room_name TEXT,
+                     room_status INTEGER, room_capacity INTEGER, location_title TEXT,
+                     location_desc TEXT, room_picture TEXT, isv_room_id TEXT, group_id INTEGER,
+                     fingerprint INTEGER NOT NULL,
+                     -- added | restored | candidate (staged), then updated or NULL (apply)
+                     change TEXT
+                 );
+                 CREATE TEMP TABLE stage_room_labels (
+                     room_id TEXT NOT NULL, label_id INTEGER NOT NULL, PRIMARY KEY (room_id, label_id)
+                 ) WITHOUT ROWID;
+                 CREATE TEMP TABLE stage_labels (label_id INTEGER PRIMARY KEY, label_name TEXT);
+                 CREATE TEMP TABLE stage_groups (
+                     group_id INTEGER PRIMARY KEY, group_name TEXT, parent_id INTEGER
+                 );
+                 CREATE TEMP TABLE stage_removed (room_id TEXT PRIMARY KEY) WITHOUT ROWID;",
+            )
+            .await?;
         Ok(Staging { conn })
     }
 
@@ -63,105 +102,127 @@ impl Staging {
         &mut self.conn
     }
 
-    /// Adds one page. A room already staged (from an earlier page, or earlier on this page) is
-    /// replaced whole: the later record wins, labels included.
-    pub async fn add_rooms(&mut self, rooms: &[Room]) -> sqlx::Result<()> {
-        // Keep only the last record of each room on this page.
+    /// Stages rooms. A room staged before (`again`, from an earlier batch) is replaced whole,
+    /// labels included: the later record wins. Within `rooms`, too, the last record wins.
+    pub async fn add_rooms(
+        &mut self,
+        rooms: &[StagedRecord],
+        again: &[String],
+    ) -> sqlx::Result<()> {
+        // Only the last record of each room in this batch.
         let mut last: HashMap<&str, usize> = HashMap::with_capacity(rooms.len());
-        for (i, r) in rooms.iter().enumerate() {
+        for (i, (r, _, _)) in rooms.iter().enumerate() {
             last.insert(&r.room_id, i);
         }
-        let rooms: Vec<&Room> = rooms
+        let staged: Vec<StagedRoom> = rooms
             .iter()
             .enumerate()
-            .filter(|(i, r)| last[r.room_id.as_str()] == *i)
-            .map(|(_, r)| r)
+            .filter(|(i, (r, _, _))| last[r.room_id.as_str()] == *i)
+            .map(|(_, (r, fp, change))| StagedRoom::new(r, *fp, *change))
             .collect();
-        if rooms.is_empty() {
+        if staged.is_empty() {
             return Ok(());
         }
         let mut tx = self.conn.begin().await?;
-        for chunk in rooms.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "DELETE FROM temp.stage_room_labels WHERE room_id IN (",
-            );
-            let mut ids = q.separated(", ");
-            for r in chunk {
-                ids.push_bind(r.room_id.as_str());
-            }
-            q.push(")").build().execute(&mut *tx).await?;
-
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT OR REPLACE INTO temp.stage_rooms (room_id, corp_id, room_staff_id, room_name, room_status,
-                 room_capacity, location_title, location_desc, room_picture, isv_room_id, group_id) ",
-            );
-            q.push_values(chunk, |mut b, r| {
-                b.push_bind(r.room_id.as_str())
-                    .push_bind(r.corp_id.as_deref())
-                    .push_bind(r.room_staff_id.as_deref())
-                    .push_bind(r.room_name.as_deref())
-                    .push_bind(r.room_status)
-                    .push_bind(r.room_capacity)
-                    .push_bind(r.location_title.as_deref())
-                    .push_bind(r.location_desc.as_deref())
-                    .push_bind(r.room_picture.as_deref())
-                    .push_bind(r.isv_room_id.as_deref())
-                    .push_bind(r.group.as_ref().map(|g| g.group_id));
+        if !again.is_empty() {
+            sqlx::query("DELETE FROM temp.stage_room_labels WHERE room_id IN (SELECT value FROM json_each(?1))")
+                .bind(to_json(&again))
+                .execute(&mut *tx)
+                .await?;
+        }
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT OR REPLACE INTO temp.stage_rooms (room_id, corp_id, room_staff_id, room_name,
+                 room_status, room_capacity, location_title, location_desc, room_picture, isv_room_id,
+                 group_id, fingerprint, change) ",
+        );
+        q.push_values(&staged, |mut b, r| {
+            b.push_bind(r.0)
+                .push_bind(r.1)
+                .push_bind(r.2)
+                .push_bind(r.3)
+                .push_bind(r.4)
+                .push_bind(r.5)
+                .push_bind(r.6)
+                .push_bind(r.7)
+                .push_bind(r.8)
+                .push_bind(r.9)
+                .push_bind(r.10)
+                .push_bind(r.11)
+                .push_bind(r.13);
+        });
+        q.build().execute(&mut *tx).await?;
+        let links: Vec<(&str, i64)> = staged.iter().flat_map(|r| r.12.iter().map(move |l| (r.0, *l))).collect();
+        if !links.is_empty() {
+            let mut q = QueryBuilder::<Sqlite>::new("INSERT OR IGNORE INTO temp.stage_room_labels (room_id, label_id) ");
+            q.push_values(&links, |mut b, (room, label)| {
+                b.push_bind(*room).push_bind(*label);
             });
             q.build().execute(&mut *tx).await?;
-
-            let links: Vec<(&str, i64)> = chunk
-                .iter()
-                .flat_map(|r| r.labels.iter().map(|l| (r.room_id.as_str(), l.label_id)))
-                .collect();
-            for links in links.chunks(ROWS_PER_STATEMENT) {
-                let mut q = QueryBuilder::<Sqlite>::new(
-                    "INSERT OR IGNORE INTO temp.stage_room_labels (room_id, label_id) ",
-                );
-                q.push_values(links, |mut b, (room, label)| {
-                    b.push_bind(*room).push_bind(*label);
-                });
-                q.build().execute(&mut *tx).await?;
-            }
-
-            let labels: Vec<_> = chunk.iter().flat_map(|r| r.labels.iter()).collect();
-            for labels in labels.chunks(ROWS_PER_STATEMENT) {
-                let mut q = QueryBuilder::<Sqlite>::new(
-                    "INSERT OR REPLACE INTO temp.stage_labels (label_id, label_name) ",
-                );
-                q.push_values(labels, |mut b, l| {
-                    b.push_bind(l.label_id).push_bind(l.label_name.as_deref());
-                });
-                q.build().execute(&mut *tx).await?;
-            }
-
-            let groups: Vec<&Group> = chunk.iter().filter_map(|r| r.group.as_ref()).collect();
-            stage_groups(&mut tx, &groups).await?;
         }
         tx.commit().await
     }
 
-    /// Adds groups; a group seen again replaces the earlier record (the later one wins).
-    pub async fn add_groups(&mut self, groups: &[&Group]) -> sqlx::Result<()> {
+    /// Takes rooms out of staging (a later record of the room turned out unchanged).
+    pub async fn remove_rooms(&mut self, room_ids: &[String]) -> sqlx::Result<()> {
+        let ids = to_json(&room_ids);
         let mut tx = self.conn.begin().await?;
-        stage_groups(&mut tx, groups).await?;
+        for table in ["stage_rooms", "stage_room_labels"] {
+            sqlx::query(&format!(
+                "DELETE FROM temp.{table} WHERE room_id IN (SELECT value FROM json_each(?1))"
+            ))
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await
     }
 
-    /// Distinct rooms staged so far.
-    pub async fn room_count(&mut self) -> sqlx::Result<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM temp.stage_rooms")
-            .fetch_one(&mut self.conn)
-            .await?;
-        Ok(n as u64)
+    /// Stages every label seen in the listing, with its latest name.
+    pub async fn set_labels(&mut self, labels: &[(i64, Option<&str>)]) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO temp.stage_labels (label_id, label_name)
+             SELECT value ->> 0, value ->> 1 FROM json_each(?1) ORDER BY key",
+        )
+        .bind(to_json(&labels))
+        .execute(&mut self.conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Stages groups; a group given twice keeps its later record.
+    pub async fn set_groups(&mut self, groups: &[&Group]) -> sqlx::Result<()> {
+        let rows: Vec<(i64, Option<&str>, Option<i64>)> = groups
+            .iter()
+            .map(|g| (g.group_id, g.group_name.as_deref(), g.parent_id))
+            .collect();
+        sqlx::query(
+            "INSERT OR REPLACE INTO temp.stage_groups (group_id, group_name, parent_id)
+             SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?1) ORDER BY key",
+        )
+        .bind(to_json(&rows))
+        .execute(&mut self.conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Stages the active rooms the complete listing no longer has.
+    pub async fn set_removed(&mut self, room_ids: &[&str]) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT OR IGNORE INTO temp.stage_removed (room_id) SELECT value FROM json_each(?1)",
+        )
+        .bind(to_json(&room_ids))
+        .execute(&mut self.conn)
+        .await?;
+        Ok(())
     }
 
     /// Drops the staging tables and closes the connection.
     pub async fn close(mut self) -> sqlx::Result<()> {
         (&mut self.conn)
             .execute(
-            "DROP TABLE IF EXISTS temp.stage_rooms; DROP TABLE IF EXISTS temp.stage_room_labels;
-             DROP TABLE IF EXISTS temp.stage_labels; DROP TABLE IF EXISTS temp.stage_groups;",
+                "DROP TABLE IF EXISTS temp.stage_rooms; DROP TABLE IF EXISTS temp.stage_room_labels;
+                 DROP TABLE IF EXISTS temp.stage_labels; DROP TABLE IF EXISTS temp.stage_groups;
+                 DROP TABLE IF EXISTS temp.stage_removed;",
             )
             .await?;
         self.conn.close().await

@@ -9,7 +9,6 @@
 //! Every error is recorded in `sync_errors` as it happens. A failed or interrupted run changes
 //! no data row.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,12 +19,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Settings;
-use crate::dingtalk::{DingTalkClient, Observer, Room};
+use crate::dingtalk::Observer;
 use crate::failure::{codes, Failure, Stage};
 use crate::lock::SyncLock;
-use crate::store::apply::{apply, ApplyCounts, ApplyOutcome, ApplyRequest};
+use crate::store::apply::ApplyCounts;
 use crate::store::runs::{self, RunStatus, Trigger};
-use crate::store::staging::Staging;
 use crate::store::Store;
 
 #[derive(Debug, Clone, Copy)]
@@ -85,6 +83,11 @@ impl fmt::Display for RunReport {
     }
 }
 
+mod fetch;
+mod ledger;
+
+pub use ledger::Change;
+
 /// Why a run ended without applying.
 enum Stop {
     Failed(Failure),
@@ -143,23 +146,15 @@ async fn execute(
     });
 
     let mut progress = Progress::default();
-    let outcome = async {
-        let mut staging = open_staging(&pool, &observer).await?;
-        let result = fetch_and_apply(
-            &mut staging,
-            settings,
-            options,
-            run_id,
-            &observer,
-            &mut progress,
-            shutdown,
-        )
-        .await;
-        if let Err(e) = staging.close().await {
-            tracing::debug!(error = %e, "closing the staging connection failed");
-        }
-        result
-    }
+    let outcome = fetch::fetch_and_apply(
+        &pool,
+        settings,
+        options,
+        run_id,
+        &observer,
+        &mut progress,
+        shutdown,
+    )
     .await;
     drop(observer);
     if recorder.await.is_err() {
@@ -204,147 +199,14 @@ async fn execute(
     }
 }
 
+/// How far the fetch got, for the run record of a run that did not apply.
 #[derive(Default)]
 struct Progress {
     pages: u32,
     rooms_seen: Option<u64>,
 }
 
-async fn open_staging(pool: &SqlitePool, observer: &Observer) -> Result<Staging, Stop> {
-    let conn = pool
-        .acquire()
-        .await
-        .map_err(|e| store_failure(observer, "opening the staging connection", e))?;
-    // Detached: the staging tables go with this connection, which never returns to the pool.
-    Staging::new(conn.detach())
-        .await
-        .map_err(|e| store_failure(observer, "creating the staging tables", e))
-}
-
-async fn fetch_and_apply(
-    staging: &mut Staging,
-    settings: &Settings,
-    options: SyncOptions,
-    run_id: i64,
-    observer: &Observer,
-    progress: &mut Progress,
-    shutdown: CancellationToken,
-) -> Result<ApplyCounts, Stop> {
-    let client = DingTalkClient::new(settings.dingtalk.clone(), observer.clone()).map_err(|e| {
-        Stop::Failed(report(
-            observer,
-            Failure::new(Stage::Fetch, codes::CONNECTION, e.to_string()),
-        ))
-    })?;
-
-    tokio::select! {
-        fetched = fetch_listing(&client, staging, observer, progress) => fetched?,
-        _ = shutdown.cancelled() => {
-            tracing::warn!("shutdown requested: abandoning the fetch, nothing is applied");
-            return Err(Stop::Interrupted);
-        }
-    }
-    drop(client);
-
-    // From here on the run is no longer interruptible: the apply completes or rolls back whole.
-    let request = ApplyRequest {
-        run_id,
-        pages_fetched: progress.pages,
-        max_removal_ratio: settings.sync.max_removal_ratio,
-        allow_mass_removal: options.allow_mass_removal,
-    };
-    match apply(staging, &request).await {
-        Ok(ApplyOutcome::Applied(counts)) => Ok(counts),
-        Ok(ApplyOutcome::Guarded {
-            would_remove,
-            active,
-            limit,
-        }) => {
-            let f = Failure::new(
-                Stage::Store,
-                codes::REMOVAL_GUARD,
-                format!(
-                    "the listing would remove {would_remove} of {active} active rooms, more than the limit of \
-                     {limit:.0} (max(5, sync.max_removal_ratio x active)); nothing was changed. If this is \
-                     intended, run once with --sync-now --allow-mass-removal"
-                ),
-            );
-            Err(Stop::Failed(report(observer, f)))
-        }
-        Err(e) => Err(store_failure(observer, "applying the listing", e)),
-    }
-}
-
-/// Fetches every page into staging, validating as it goes. Never loops: a missing or repeated
-/// cursor fails the run.
-async fn fetch_listing(
-    client: &DingTalkClient,
-    staging: &mut Staging,
-    observer: &Observer,
-    progress: &mut Progress,
-) -> Result<(), Stop> {
-    let mut followed: HashSet<i64> = HashSet::new();
-    let mut next_token = None;
-    for page in 0u32.. {
-        let body = client
-            .room_page(page, next_token)
-            .await
-            .map_err(Stop::Failed)?;
-        progress.pages += 1;
-        let rooms = body
-            .result
-            .unwrap_or_default()
-            .into_iter()
-            .enumerate()
-            .map(|(i, raw)| raw.validate(i))
-            .collect::<Result<Vec<Room>, String>>()
-            .map_err(|e| {
-                Stop::Failed(report(
-                    observer,
-                    Failure::new(Stage::Validate, codes::BAD_RESPONSE, e).on_page(Some(page)),
-                ))
-            })?;
-        staging
-            .add_rooms(&rooms)
-            .await
-            .map_err(|e| store_failure(observer, "staging a page", e))?;
-        tracing::debug!(page, rooms = rooms.len(), has_more = ?body.has_more, "page fetched");
-        if body.has_more != Some(true) {
-            break;
-        }
-        let invalid = |code: &str, message: String| {
-            Stop::Failed(report(
-                observer,
-                Failure::new(Stage::Validate, code, message).on_page(Some(page)),
-            ))
-        };
-        next_token = match body.next_token {
-            None => {
-                return Err(invalid(
-                    codes::MISSING_NEXT_TOKEN,
-                    "hasMore is true but no nextToken was given".into(),
-                ))
-            }
-            Some(t) if !followed.insert(t) => {
-                return Err(invalid(
-                    codes::REPEATED_NEXT_TOKEN,
-                    format!(
-                    "nextToken {t} was already followed in this run; stopping rather than looping"
-                ),
-                ))
-            }
-            Some(t) => Some(t),
-        };
-    }
-    progress.rooms_seen = Some(
-        staging
-            .room_count()
-            .await
-            .map_err(|e| store_failure(observer, "counting staged rooms", e))?,
-    );
-    Ok(())
-}
-
+/// Hands a failure to the recorder and returns it.
 fn report(observer: &Observer, failure: Failure) -> Failure {
     observer(failure.clone());
     failure

@@ -1,0 +1,246 @@
+//! `cargo bench --bench sync`: roomsync against the built-in stand-in DingTalk API, in one
+//! process run. Prints rooms per second, the ratio of each sync to a baseline that fetches and
+//! parses the same pages but stores nothing, peak resident memory, and the latency run.
+//!
+//! Targets: initial 100k-room sync within 3x the baseline, no-change resync within 1.3x, peak
+//! memory under 100 MB at 100k rooms, 100 pages at 20 ms latency within 1.1x of pure waiting.
+//! Options (environment): ROOMSYNC_BENCH_SIZES=1000,10000 to choose sizes.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use roomsync::config::Settings;
+use roomsync::dingtalk::DingTalkClient;
+use roomsync::lock::SyncLock;
+use roomsync::standin::{settings_for, OrgSpec, StandIn, StandInConfig};
+use roomsync::store::runs::{RunStatus, Trigger};
+use roomsync::store::Store;
+use roomsync::sync::{run_sync, RunReport, SyncOptions};
+use tokio_util::sync::CancellationToken;
+
+const SEED: u64 = 20261125;
+
+/// Peak and current resident memory of this process, in MiB (VmHWM, VmRSS).
+fn memory_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// Resets the peak (VmHWM) to the current RSS, so each size's peak is its own.
+fn reset_peak() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// Fetches and parses every page through the same client, storing nothing. Returns rooms seen.
+async fn baseline(settings: &Settings) -> (usize, u32) {
+    let client = DingTalkClient::new(settings.dingtalk.clone(), Arc::new(|_| {})).unwrap();
+    let (mut rooms, mut pages, mut next) = (0, 0u32, None);
+    loop {
+        let page = client.room_page(pages, next).await.expect("baseline page");
+        pages += 1;
+        rooms += page.result.map_or(0, |r| r.len());
+        if page.has_more != Some(true) {
+            return (rooms, pages);
+        }
+        next = page.next_token;
+    }
+}
+
+async fn sync(settings: &Settings) -> RunReport {
+    let db = &settings.database.path;
+    let lock = SyncLock::try_acquire(db).unwrap().unwrap();
+    let store = Store::open(db).await.unwrap();
+    let options = SyncOptions {
+        trigger: Trigger::Manual,
+        allow_mass_removal: true,
+    };
+    let report = run_sync(&store, settings, options, &lock, CancellationToken::new())
+        .await
+        .unwrap();
+    store.close().await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{report}");
+    report
+}
+
+async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let started = Instant::now();
+    let out = f.await;
+    (out, started.elapsed())
+}
+
+/// The faster of two baseline runs: the reference each sync is compared with.
+async fn best_baseline(settings: &Settings) -> Duration {
+    let mut best = Duration::MAX;
+    for _ in 0..2 {
+        let (_, t) = timed(baseline(settings)).await;
+        best = best.min(t);
+    }
+    best
+}
+
+struct Row {
+    what: String,
+    rooms: usize,
+    time: Duration,
+    baseline: Duration,
+    peak_mib: f64,
+}
+
+impl Row {
+    fn print(&self) {
+        println!(
+            "{:<34} {:>8} {:>9.3}s {:>12.0} {:>9.3}s {:>7.2}x {:>9.1}",
+            self.what,
+            self.rooms,
+            self.time.as_secs_f64(),
+            self.rooms as f64 / self.time.as_secs_f64(),
+            self.baseline.as_secs_f64(),
+            self.ratio(),
+            self.peak_mib
+        );
+    }
+
+    fn ratio(&self) -> f64 {
+        self.time.as_secs_f64() / self.baseline.as_secs_f64()
+    }
+}
+
+async fn run_size(rooms: usize, dir: &Path) -> Vec<Row> {
+    let standin = StandIn::start(StandInConfig::new(OrgSpec::new(SEED, rooms)))
+        .await
+        .unwrap();
+    let settings = settings_for(&standin, dir.join(format!("bench-{rooms}.db")));
+    let base = best_baseline(&settings).await;
+    let mut rows = Vec::new();
+    let peak_reset = reset_peak();
+
+    let (report, t) = timed(sync(&settings)).await;
+    assert_eq!(report.counts.unwrap().added as usize, rooms);
+    let peak = if peak_reset { memory_mib().0 } else { f64::NAN };
+    rows.push(Row {
+        what: "initial sync (empty database)".into(),
+        rooms,
+        time: t,
+        baseline: base,
+        peak_mib: peak,
+    });
+
+    reset_peak();
+    let (report, t) = timed(sync(&settings)).await;
+    assert_eq!(report.counts.unwrap().updated, 0);
+    rows.push(Row {
+        what: "resync, no change".into(),
+        rooms,
+        time: t,
+        baseline: base,
+        peak_mib: memory_mib().0,
+    });
+
+    standin.set_org(OrgSpec {
+        revision: 1,
+        ..standin.org()
+    });
+    let base_changed = best_baseline(&settings).await;
+    reset_peak();
+    let (report, t) = timed(sync(&settings)).await;
+    assert_eq!(report.counts.unwrap().updated as usize, rooms / 20);
+    rows.push(Row {
+        what: "resync, 5% changed".into(),
+        rooms,
+        time: t,
+        baseline: base_changed,
+        peak_mib: memory_mib().0,
+    });
+    standin.stop().await;
+    rows
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    // `cargo test --benches` runs bench targets with --test/--bench flags; stay quick there.
+    if std::env::args().any(|a| a == "--test") {
+        println!("sync benchmark: skipped under cargo test (run cargo bench --bench sync)");
+        return;
+    }
+    let sizes: Vec<usize> = std::env::var("ROOMSYNC_BENCH_SIZES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1_000, 10_000, 100_000]);
+    let dir = tempfile::tempdir().unwrap();
+    let (_, rss_start) = memory_mib();
+    println!("roomsync sync benchmark (stand-in on loopback, page size 100, release build)");
+    println!("process RSS before the first run: {rss_start:.1} MiB\n");
+    println!(
+        "{:<34} {:>8} {:>10} {:>12} {:>10} {:>8} {:>9}",
+        "run", "rooms", "time", "rooms/s", "baseline", "ratio", "peak MiB"
+    );
+    let mut all = Vec::new();
+    for &rooms in &sizes {
+        let rows = run_size(rooms, dir.path()).await;
+        for row in &rows {
+            row.print();
+        }
+        all.extend(
+            rows.into_iter()
+                .map(|r| (r.rooms, r.what.clone(), r.ratio(), r.peak_mib)),
+        );
+    }
+
+    // Latency: 100 pages, each answered after 20 ms. Pure waiting is 100 x 20 ms = 2 s.
+    let mut config = StandInConfig::new(OrgSpec::new(SEED, 10_000));
+    config.page_latency = Duration::from_millis(20);
+    let standin = StandIn::start(config).await.unwrap();
+    let settings = settings_for(&standin, dir.path().join("bench-latency.db"));
+    let (report, t) = timed(sync(&settings)).await;
+    assert_eq!(report.pages_fetched, 100);
+    let waiting = Duration::from_millis(20 * 100);
+    let latency_ratio = t.as_secs_f64() / waiting.as_secs_f64();
+    println!(
+        "\nlatency run: 100 pages x 20 ms: {:.3}s against {:.3}s of pure waiting = {latency_ratio:.3}x",
+        t.as_secs_f64(),
+        waiting.as_secs_f64()
+    );
+    standin.stop().await;
+
+    println!("\ntargets:");
+    let mut ok = true;
+    let mut check = |name: &str, value: f64, limit: f64, unit: &str| {
+        let pass = value <= limit;
+        ok &= pass;
+        println!(
+            "  {:<46} {value:>8.2}{unit} (limit {limit}{unit}) {}",
+            name,
+            if pass { "PASS" } else { "FAIL" }
+        );
+    };
+    for (rooms, what, ratio, peak) in &all {
+        if *rooms == 100_000 {
+            match what.as_str() {
+                "initial sync (empty database)" => {
+                    check("initial 100k sync / baseline", *ratio, 3.0, "x");
+                    check("peak memory at 100k rooms", *peak, 100.0, " MiB");
+                }
+                "resync, no change" => check("no-change 100k resync / baseline", *ratio, 1.3, "x"),
+                _ => {}
+            }
+        }
+    }
+    check("latency run / pure waiting", latency_ratio, 1.1, "x");
+    println!(
+        "\n{}",
+        if ok {
+            "all targets met"
+        } else {
+            "SOME TARGETS MISSED"
+        }
+    );
+}

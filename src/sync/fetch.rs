@@ -1,0 +1,239 @@
+//! The fetch and the apply of one run, as two tasks joined by a short queue:
+//!
+//! - the fetcher requests pages, validates them and follows the cursor;
+//! - the processor sorts each room with the run's ledger (unchanged rooms are not staged) and
+//!   stages the rest.
+//!
+//! Processing one page overlaps fetching the next, and the mirror's fingerprints load while the
+//! first pages arrive.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use sqlx::SqlitePool;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::ledger::{fingerprint, Decision, Ledger};
+use super::{report, store_failure, Progress, Stop, SyncOptions};
+use crate::config::Settings;
+use crate::dingtalk::{DingTalkClient, Group, Observer, Room};
+use crate::failure::{codes, Failure, Stage};
+use crate::store::apply::{apply, ApplyCounts, ApplyOutcome, ApplyRequest};
+use crate::store::fingerprints::load_known_rooms;
+use crate::store::staging::{StagedRecord, Staging};
+
+/// Pages that may wait for the processor: bounds memory, keeps both sides busy.
+const PAGE_QUEUE: usize = 8;
+
+/// What the processor builds from the listing.
+struct Processed {
+    staging: Staging,
+    ledger: Ledger,
+    labels: BTreeMap<i64, Option<String>>,
+    groups: HashMap<i64, Group>,
+}
+
+pub(super) async fn fetch_and_apply(
+    pool: &SqlitePool,
+    settings: &Settings,
+    options: SyncOptions,
+    run_id: i64,
+    observer: &Observer,
+    progress: &mut Progress,
+    shutdown: CancellationToken,
+) -> Result<ApplyCounts, Stop> {
+    let client = DingTalkClient::new(settings.dingtalk.clone(), observer.clone()).map_err(|e| {
+        Stop::Failed(report(observer, Failure::new(Stage::Fetch, codes::CONNECTION, e.to_string())))
+    })?;
+    let conn = pool
+        .acquire()
+        .await
+        .map_err(|e| store_failure(observer, "opening the staging connection", e))?;
+    // Detached: the staging tables go with this connection, which never returns to the pool.
+    let staging = Staging::new(conn.detach())
+        .await
+        .map_err(|e| store_failure(observer, "creating the staging tables", e))?;
+
+    let (pages, queue) = mpsc::channel(PAGE_QUEUE);
+    let processor = tokio::spawn(process_pages(pool.clone(), staging, queue, observer.clone()));
+    let fetched = tokio::select! {
+        fetched = fetch_pages(&client, pages, observer, progress) => fetched,
+        _ = shutdown.cancelled() => {
+            tracing::warn!("shutdown requested: abandoning the fetch, nothing is applied");
+            Err(Stop::Interrupted)
+        }
+    };
+    // The queue's sender is gone: the processor finishes what it has and hands back.
+    let processed = processor.await.expect("the page processor does not panic");
+    let (result, staging) = match (fetched, processed) {
+        (Err(stop), Ok(p)) => (Err(stop), Some(p.staging)),
+        (Err(stop), Err((_, staging))) => (Err(stop), staging),
+        (Ok(()), Err((stop, staging))) => (Err(stop), staging),
+        (Ok(()), Ok(mut p)) => {
+            progress.rooms_seen = Some(p.ledger.seen());
+            // From here on the run is not interruptible: the apply completes or rolls back whole.
+            let result = apply_listing(&mut p, settings, options, run_id, progress.pages, observer).await;
+            (result, Some(p.staging))
+        }
+    };
+    if let Some(staging) = staging {
+        if let Err(e) = staging.close().await {
+            tracing::debug!(error = %e, "closing the staging connection failed");
+        }
+    }
+    result
+}
+
+/// Fetches every page, validating as it goes, and queues its rooms. Never loops: a missing or
+/// repeated cursor fails the run. Returns early (Ok) when the processor has stopped: its error
+/// is the run's.
+async fn fetch_pages(
+    client: &DingTalkClient,
+    pages: mpsc::Sender<Vec<Room>>,
+    observer: &Observer,
+    progress: &mut Progress,
+) -> Result<(), Stop> {
+    let mut followed: HashSet<i64> = HashSet::new();
+    let mut next_token = None;
+    for page in 0u32.. {
+        let body = client.room_page(page, next_token).await.map_err(Stop::Failed)?;
+        progress.pages += 1;
+        let invalid = |code: &str, message: String| {
+            let failure = Failure::new(Stage::Validate, code, message).on_page(Some(page));
+            Stop::Failed(report(observer, failure))
+        };
+        let rooms = body
+            .result
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(i, raw)| raw.validate(i))
+            .collect::<Result<Vec<Room>, String>>()
+            .map_err(|e| invalid(codes::BAD_RESPONSE, e))?;
+        tracing::debug!(page, rooms = rooms.len(), has_more = ?body.has_more, "page fetched");
+        if pages.send(rooms).await.is_err() {
+            return Ok(());
+        }
+        if body.has_more != Some(true) {
+            return Ok(());
+        }
+        next_token = match body.next_token {
+            None => {
+                let message = "hasMore is true but no nextToken was given".to_string();
+                return Err(invalid(codes::MISSING_NEXT_TOKEN, message));
+            }
+            Some(t) if !followed.insert(t) => {
+                let message =
+                    format!("nextToken {t} was already followed in this run; stopping rather than looping");
+                return Err(invalid(codes::REPEATED_NEXT_TOKEN, message));
+            }
+            Some(t) => Some(t),
+        };
+    }
+    unreachable!("the page loop only ends by returning")
+}
+
+/// Sorts each queued room with the ledger and stages what is new, changed or back. On error,
+/// hands back the staging connection (if it still has it) with the run's stop.
+async fn process_pages(
+    pool: SqlitePool,
+    mut staging: Staging,
+    mut queue: mpsc::Receiver<Vec<Room>>,
+    observer: Observer,
+) -> Result<Processed, (Stop, Option<Staging>)> {
+    let known = match load_known_rooms(&pool).await {
+        Ok(known) => known,
+        Err(e) => return Err((store_failure(&observer, "reading the mirror", e), Some(staging))),
+    };
+    let mut ledger = Ledger::new(known);
+    let mut labels: BTreeMap<i64, Option<String>> = BTreeMap::new();
+    let mut groups: HashMap<i64, Group> = HashMap::new();
+    while let Some(rooms) = queue.recv().await {
+        let mut to_stage: Vec<StagedRecord> = Vec::new();
+        let mut again = Vec::new();
+        let mut to_unstage = Vec::new();
+        for room in rooms {
+            for label in &room.labels {
+                // Later records win; compare first so the steady state allocates nothing.
+                if labels.get(&label.label_id) != Some(&label.label_name) {
+                    labels.insert(label.label_id, label.label_name.clone());
+                }
+            }
+            if let Some(group) = &room.group {
+                if groups.get(&group.group_id) != Some(group) {
+                    groups.insert(group.group_id, group.clone());
+                }
+            }
+            let fp = fingerprint(&room);
+            match ledger.observe(&room, fp) {
+                Decision::Skip => {}
+                Decision::Unstage => {
+                    // A record of this page not yet staged simply goes; one staged by an
+                    // earlier page is taken out.
+                    to_stage.retain(|(r, _, _)| r.room_id != room.room_id);
+                    to_unstage.push(room.room_id);
+                }
+                Decision::Stage { change, again: staged_before } => {
+                    if staged_before {
+                        again.push(room.room_id.clone());
+                    }
+                    to_stage.push((room, fp, change));
+                }
+            }
+        }
+        let mut done = Ok(());
+        if !to_unstage.is_empty() {
+            done = staging.remove_rooms(&to_unstage).await;
+        }
+        if done.is_ok() && !to_stage.is_empty() {
+            done = staging.add_rooms(&to_stage, &again).await;
+        }
+        if let Err(e) = done {
+            // Dropping the queue makes the fetcher stop at its next page.
+            return Err((store_failure(&observer, "staging a page", e), Some(staging)));
+        }
+    }
+    Ok(Processed { staging, ledger, labels, groups })
+}
+
+/// Stages labels, groups and removals (small, once), then applies.
+async fn apply_listing(
+    p: &mut Processed,
+    settings: &Settings,
+    options: SyncOptions,
+    run_id: i64,
+    pages_fetched: u32,
+    observer: &Observer,
+) -> Result<ApplyCounts, Stop> {
+    let labels: Vec<(i64, Option<&str>)> = p.labels.iter().map(|(id, name)| (*id, name.as_deref())).collect();
+    let groups: Vec<&Group> = p.groups.values().collect();
+    let staged = async {
+        p.staging.set_labels(&labels).await?;
+        p.staging.set_groups(&groups).await?;
+        p.staging.set_removed(&p.ledger.missing()).await
+    };
+    staged.await.map_err(|e| store_failure(observer, "staging labels, groups and removals", e))?;
+    let request = ApplyRequest {
+        run_id,
+        pages_fetched,
+        rooms_seen: p.ledger.seen(),
+        max_removal_ratio: settings.sync.max_removal_ratio,
+        allow_mass_removal: options.allow_mass_removal,
+    };
+    match apply(&mut p.staging, &request).await {
+        Ok(ApplyOutcome::Applied(counts)) => Ok(counts),
+        Ok(ApplyOutcome::Guarded { would_remove, active, limit }) => {
+            let f = Failure::new(
+                Stage::Store,
+                codes::REMOVAL_GUARD,
+                format!(
+                    "the listing would remove {would_remove} of {active} active rooms, more than the limit of \
+                     {limit:.0} (max(5, sync.max_removal_ratio x active)); nothing was changed. If this is \
+                     intended, run once with --sync-now --allow-mass-removal"
+                ),
+            );
+            Err(Stop::Failed(report(observer, f)))
+        }
+        Err(e) => Err(store_failure(observer, "applying the listing", e)),
+    }
+}
