@@ -67,6 +67,8 @@ pub struct DatabaseSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct SyncSettings {
     pub max_removal_ratio: f64,
+    /// Days `room_changes` entries are kept; 0 keeps them forever.
+    pub keep_changes_days: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -102,6 +104,7 @@ impl Default for SyncSettings {
     fn default() -> Self {
         Self {
             max_removal_ratio: 0.5,
+            keep_changes_days: 90,
         }
     }
 }
@@ -430,6 +433,7 @@ mod tests {
         assert_eq!(s.dingtalk.requests_per_second, 10.0);
         assert_eq!(s.database.path, PathBuf::from("/var/lib/roomsync/rooms.db"));
         assert_eq!(s.sync.max_removal_ratio, 0.5);
+        assert_eq!(s.sync.keep_changes_days, 90);
         assert_eq!(
             (s.log.level.as_str(), s.log.format),
             ("info", LogFormat::Text)

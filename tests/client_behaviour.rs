@@ -63,6 +63,7 @@ async fn a_refused_token_is_renewed_once_and_the_request_repeated() {
         .expect(1)
         .mount(&env.server)
         .await;
+    env.mount_groups(json!({"result": []})).await;
     let pages = rooms_in_pages(4);
     page_request(0)
         .respond_with(

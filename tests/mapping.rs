@@ -103,7 +103,7 @@ async fn reference_example_is_mapped_field_by_field() {
     );
     assert_eq!(
         table_rows(&pool, "room_groups").await,
-        vec!["1|'Test group'|0"]
+        vec!["1|'Test group'|0|NULL"]
     );
     let run: (String, String, i64, i64, i64, i64, i64, Option<String>, Option<String>) = sqlx::query_as(
         "SELECT trigger, status, pages_fetched, rooms_seen, rooms_added, rooms_updated, rooms_removed, error, finished_at
@@ -159,7 +159,10 @@ async fn absent_and_null_optional_fields_are_stored_as_null() {
             "'nulls'|NULL|NULL|NULL|NULL|NULL|NULL|NULL|NULL|NULL|NULL",
         ]
     );
-    assert_eq!(table_rows(&pool, "room_groups").await, vec!["9|NULL|NULL"]);
+    assert_eq!(
+        table_rows(&pool, "room_groups").await,
+        vec!["9|NULL|NULL|NULL"]
+    );
     assert!(table_rows(&pool, "room_labels").await.is_empty());
 }
 

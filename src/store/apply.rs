@@ -1,8 +1,11 @@
 //! The apply: one short `BEGIN IMMEDIATE` transaction that turns the staged listing into the
-//! live tables and finishes the run row. Readers see the previous state or the new one.
+//! live tables, writes the change feed and finishes the run row. Readers see the previous
+//! state or the new one, never a mix.
 //!
 //! Every write is conditional on a difference, so a resync with no upstream change writes no
 //! row of rooms, labels, room_labels or room_groups.
+
+use std::time::{Duration, SystemTime};
 
 use sqlx::sqlite::SqliteConnection;
 use sqlx::Connection;
@@ -10,7 +13,8 @@ use sqlx::Connection;
 use super::runs::now_rfc3339;
 use super::staging::Staging;
 
-/// The room columns DingTalk supplies, besides the key: compared and copied by the apply.
+/// The room columns DingTalk supplies, besides the key: compared and copied by the apply, and
+/// named in `room_changes.changed_fields`.
 pub const SYNCED_ROOM_COLUMNS: [&str; 10] = [
     "corp_id",
     "room_staff_id",
@@ -24,6 +28,9 @@ pub const SYNCED_ROOM_COLUMNS: [&str; 10] = [
     "group_id",
 ];
 
+/// The name `changed_fields` uses for a change of a room's label set.
+pub const LABELS_FIELD: &str = "labels";
+
 pub struct ApplyRequest {
     pub run_id: i64,
     pub pages_fetched: u32,
@@ -31,6 +38,8 @@ pub struct ApplyRequest {
     pub rooms_seen: u64,
     pub max_removal_ratio: f64,
     pub allow_mass_removal: bool,
+    /// Change feed entries older than this many days are pruned; 0 keeps them forever.
+    pub keep_changes_days: u32,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -58,8 +67,7 @@ pub fn removal_limit(active: u64, ratio: f64) -> f64 {
 }
 
 pub async fn apply(staging: &mut Staging, req: &ApplyRequest) -> sqlx::Result<ApplyOutcome> {
-    let conn = staging.connection();
-    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = staging.connection().begin_with("BEGIN IMMEDIATE").await?;
     let now = now_rfc3339();
 
     let active = count(
@@ -69,8 +77,8 @@ pub async fn apply(staging: &mut Staging, req: &ApplyRequest) -> sqlx::Result<Ap
     .await?;
     let would_remove = count(
         &mut tx,
-        "SELECT COUNT(*) FROM main.rooms WHERE removed_at IS NULL
-           AND room_id IN (SELECT room_id FROM temp.stage_removed)",
+        "SELECT COUNT(*) FROM main.rooms
+         WHERE removed_at IS NULL AND room_id IN (SELECT room_id FROM temp.stage_removed)",
     )
     .await?;
     let limit = removal_limit(active, req.max_removal_ratio);
@@ -83,8 +91,7 @@ pub async fn apply(staging: &mut Staging, req: &ApplyRequest) -> sqlx::Result<Ap
         });
     }
 
-    classify_staged_rooms(&mut tx).await?;
-    let seen = req.rooms_seen;
+    settle_candidates(&mut tx).await?;
     let added = count(
         &mut tx,
         "SELECT COUNT(*) FROM temp.stage_rooms WHERE change IN ('added', 'restored')",
@@ -97,96 +104,50 @@ pub async fn apply(staging: &mut Staging, req: &ApplyRequest) -> sqlx::Result<Ap
     .await?;
 
     // Groups and labels first: rooms and links refer to them.
-    sqlx::query(
-        "INSERT INTO main.room_groups (group_id, group_name, parent_id)
-         SELECT group_id, group_name, parent_id FROM temp.stage_groups WHERE true
-         ON CONFLICT (group_id) DO UPDATE SET group_name = excluded.group_name, parent_id = excluded.parent_id
-         WHERE room_groups.group_name IS NOT excluded.group_name OR room_groups.parent_id IS NOT excluded.parent_id",
-    )
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
+    write_groups(&mut tx, &now).await?;
+    execute(
+        &mut tx,
         "INSERT INTO main.labels (label_id, label_name)
          SELECT label_id, label_name FROM temp.stage_labels WHERE true
          ON CONFLICT (label_id) DO UPDATE SET label_name = excluded.label_name
          WHERE labels.label_name IS NOT excluded.label_name",
+        &[],
     )
-    .execute(&mut *tx)
     .await?;
-
-    let columns = SYNCED_ROOM_COLUMNS.join(", ");
-    sqlx::query(&format!(
-        "INSERT INTO main.rooms (room_id, {columns}, first_seen_at, updated_at, removed_at)
-         SELECT room_id, {columns}, ?1, ?1, NULL FROM temp.stage_rooms WHERE change = 'added'"
-    ))
-    .bind(&now)
-    .execute(&mut *tx)
-    .await?;
-    let assignments: Vec<String> = SYNCED_ROOM_COLUMNS
-        .iter()
-        .map(|c| format!("{c} = s.{c}"))
-        .collect();
-    sqlx::query(&format!(
-        "UPDATE main.rooms AS r SET {}, updated_at = ?1, removed_at = NULL
-         FROM temp.stage_rooms AS s
-         WHERE s.room_id = r.room_id AND s.change IN ('updated', 'restored')",
-        assignments.join(", ")
-    ))
-    .bind(&now)
-    .execute(&mut *tx)
-    .await?;
-
-    // Label links: only the rooms that changed can have different links.
-    sqlx::query(
-        "DELETE FROM main.room_labels
-         WHERE room_id IN (SELECT room_id FROM temp.stage_rooms WHERE change IN ('updated', 'restored'))
-           AND NOT EXISTS (SELECT 1 FROM temp.stage_room_labels AS sl
-                           WHERE sl.room_id = room_labels.room_id AND sl.label_id = room_labels.label_id)",
+    write_rooms(&mut tx, &now).await?;
+    record_changes(&mut tx, req, &now).await?;
+    let removed = execute(
+        &mut tx,
+        "UPDATE main.rooms SET removed_at = ?1
+         WHERE removed_at IS NULL AND room_id IN (SELECT room_id FROM temp.stage_removed)",
+        &[&now],
     )
-    .execute(&mut *tx)
     .await?;
-    sqlx::query(
-        "INSERT OR IGNORE INTO main.room_labels (room_id, label_id)
-         SELECT sl.room_id, sl.label_id FROM temp.stage_room_labels AS sl
-         JOIN temp.stage_rooms AS s ON s.room_id = sl.room_id
-         WHERE s.change IS NOT NULL",
-    )
-    .execute(&mut *tx)
-    .await?;
-
-    sqlx::query(
+    execute(
+        &mut tx,
         "INSERT INTO main.roomsync_room_fingerprints (room_id, fingerprint)
          SELECT room_id, fingerprint FROM temp.stage_rooms WHERE true
          ON CONFLICT (room_id) DO UPDATE SET fingerprint = excluded.fingerprint
          WHERE roomsync_room_fingerprints.fingerprint IS NOT excluded.fingerprint",
+        &[],
     )
-    .execute(&mut *tx)
     .await?;
 
-    let removed = sqlx::query(
-        "UPDATE main.rooms SET removed_at = ?1
-         WHERE removed_at IS NULL AND room_id IN (SELECT room_id FROM temp.stage_removed)",
-    )
-    .bind(&now)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-
     let counts = ApplyCounts {
-        seen,
+        seen: req.rooms_seen,
         added,
         updated,
         removed,
     };
     sqlx::query(
-        "UPDATE main.sync_runs SET status = 'succeeded', finished_at = ?2, pages_fetched = ?3, rooms_seen = ?4,
-             rooms_added = ?5, rooms_updated = ?6, rooms_removed = ?7, error = NULL
+        "UPDATE main.sync_runs SET status = 'succeeded', finished_at = ?2, pages_fetched = ?3,
+             rooms_seen = ?4, rooms_added = ?5, rooms_updated = ?6, rooms_removed = ?7, error = NULL
          WHERE run_id = ?1",
     )
     .bind(req.run_id)
     .bind(now_rfc3339())
     .bind(req.pages_fetched)
-    .bind(seen as i64)
+    .bind(counts.seen as i64)
     .bind(added as i64)
     .bind(updated as i64)
     .bind(removed as i64)
@@ -196,30 +157,162 @@ pub async fn apply(staging: &mut Staging, req: &ApplyRequest) -> sqlx::Result<Ap
     Ok(ApplyOutcome::Applied(counts))
 }
 
-/// Settles the `candidate` rooms of `stage_rooms` (active, fingerprint differs) as `updated`
-/// when a field, the group or the label set differs, or NULL when nothing does. `added` and
-/// `restored` come from the run's ledger.
-async fn classify_staged_rooms(conn: &mut SqliteConnection) -> sqlx::Result<()> {
-    let differs: Vec<String> = SYNCED_ROOM_COLUMNS
+/// Settles the `candidate` rooms of `stage_rooms` (active, fingerprint differs): `updated`
+/// with the names of the differing columns (and `labels` when the label set differs), or NULL
+/// when nothing differs. `added` and `restored` come from the run's ledger.
+async fn settle_candidates(conn: &mut SqliteConnection) -> sqlx::Result<()> {
+    let mut checks: Vec<String> = SYNCED_ROOM_COLUMNS
         .iter()
-        .map(|c| format!("r.{c} IS NOT s.{c}"))
+        .map(|c| format!("SELECT '{c}' AS field WHERE r.{c} IS NOT s.{c}"))
         .collect();
+    checks.push(format!(
+        "SELECT '{LABELS_FIELD}' WHERE
+            EXISTS (SELECT 1 FROM temp.stage_room_labels AS sl WHERE sl.room_id = s.room_id
+                      AND NOT EXISTS (SELECT 1 FROM main.room_labels AS rl
+                                      WHERE rl.room_id = sl.room_id AND rl.label_id = sl.label_id))
+         OR EXISTS (SELECT 1 FROM main.room_labels AS rl WHERE rl.room_id = s.room_id
+                      AND NOT EXISTS (SELECT 1 FROM temp.stage_room_labels AS sl
+                                      WHERE sl.room_id = rl.room_id AND sl.label_id = rl.label_id))"
+    ));
     let sql = format!(
         "UPDATE temp.stage_rooms AS s
-            SET change = CASE WHEN {}
-                    OR EXISTS (SELECT 1 FROM temp.stage_room_labels AS sl WHERE sl.room_id = s.room_id
-                                 AND NOT EXISTS (SELECT 1 FROM main.room_labels AS rl
-                                                 WHERE rl.room_id = sl.room_id AND rl.label_id = sl.label_id))
-                    OR EXISTS (SELECT 1 FROM main.room_labels AS rl WHERE rl.room_id = s.room_id
-                                 AND NOT EXISTS (SELECT 1 FROM temp.stage_room_labels AS sl
-                                                 WHERE sl.room_id = rl.room_id AND sl.label_id = rl.label_id))
-                THEN 'updated' END
+            SET changed_fields = (SELECT json_group_array(field) FROM ({}))
            FROM main.rooms AS r
           WHERE r.room_id = s.room_id AND s.change = 'candidate'",
-        differs.join("\n                    OR ")
+        checks.join(" UNION ALL ")
     );
-    sqlx::query(&sql).execute(conn).await?;
+    sqlx::query(&sql).execute(&mut *conn).await?;
+    sqlx::query(
+        "UPDATE temp.stage_rooms SET change = CASE WHEN changed_fields <> '[]' THEN 'updated' END
+         WHERE change = 'candidate'",
+    )
+    .execute(&mut *conn)
+    .await?;
     Ok(())
+}
+
+/// Every staged group is present upstream: upserted, and restored if it was removed. Groups
+/// the listing no longer has are marked removed.
+async fn write_groups(conn: &mut SqliteConnection, now: &str) -> sqlx::Result<()> {
+    execute(
+        conn,
+        "INSERT INTO main.room_groups (group_id, group_name, parent_id)
+         SELECT group_id, group_name, parent_id FROM temp.stage_groups WHERE true
+         ON CONFLICT (group_id) DO UPDATE SET group_name = excluded.group_name,
+             parent_id = excluded.parent_id, removed_at = NULL
+         WHERE room_groups.group_name IS NOT excluded.group_name
+            OR room_groups.parent_id IS NOT excluded.parent_id
+            OR room_groups.removed_at IS NOT NULL",
+        &[],
+    )
+    .await?;
+    execute(
+        conn,
+        "UPDATE main.room_groups SET removed_at = ?1
+         WHERE removed_at IS NULL AND group_id NOT IN (SELECT group_id FROM temp.stage_groups)",
+        &[now],
+    )
+    .await?;
+    Ok(())
+}
+
+/// New rooms, changed and reappearing rooms, and the label links of all of them.
+async fn write_rooms(conn: &mut SqliteConnection, now: &str) -> sqlx::Result<()> {
+    let columns = SYNCED_ROOM_COLUMNS.join(", ");
+    execute(
+        conn,
+        &format!(
+            "INSERT INTO main.rooms (room_id, {columns}, first_seen_at, updated_at, removed_at)
+             SELECT room_id, {columns}, ?1, ?1, NULL FROM temp.stage_rooms WHERE change = 'added'"
+        ),
+        &[now],
+    )
+    .await?;
+    let assignments: Vec<String> = SYNCED_ROOM_COLUMNS
+        .iter()
+        .map(|c| format!("{c} = s.{c}"))
+        .collect();
+    execute(
+        conn,
+        &format!(
+            "UPDATE main.rooms AS r SET {}, updated_at = ?1, removed_at = NULL
+             FROM temp.stage_rooms AS s
+             WHERE s.room_id = r.room_id AND s.change IN ('updated', 'restored')",
+            assignments.join(", ")
+        ),
+        &[now],
+    )
+    .await?;
+    // Only rooms that were already in the mirror can have links to drop.
+    execute(
+        conn,
+        "DELETE FROM main.room_labels
+         WHERE room_id IN (SELECT room_id FROM temp.stage_rooms WHERE change IN ('updated', 'restored'))
+           AND NOT EXISTS (SELECT 1 FROM temp.stage_room_labels AS sl
+                           WHERE sl.room_id = room_labels.room_id AND sl.label_id = room_labels.label_id)",
+        &[],
+    )
+    .await?;
+    execute(
+        conn,
+        "INSERT OR IGNORE INTO main.room_labels (room_id, label_id)
+         SELECT sl.room_id, sl.label_id FROM temp.stage_room_labels AS sl
+         JOIN temp.stage_rooms AS s ON s.room_id = sl.room_id
+         WHERE s.change IS NOT NULL",
+        &[],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The change feed entries of this run (before the removals are applied), and the pruning of
+/// entries older than `keep_changes_days`.
+async fn record_changes(
+    conn: &mut SqliteConnection,
+    req: &ApplyRequest,
+    now: &str,
+) -> sqlx::Result<()> {
+    let run_id = req.run_id.to_string();
+    execute(
+        conn,
+        "INSERT INTO main.room_changes (run_id, room_id, change, changed_at, changed_fields)
+         SELECT ?1, room_id, change, ?2, CASE WHEN change = 'updated' THEN changed_fields END
+         FROM temp.stage_rooms WHERE change IS NOT NULL ORDER BY room_id",
+        &[&run_id, now],
+    )
+    .await?;
+    execute(
+        conn,
+        "INSERT INTO main.room_changes (run_id, room_id, change, changed_at, changed_fields)
+         SELECT ?1, r.room_id, 'removed', ?2, NULL FROM main.rooms AS r
+         WHERE r.removed_at IS NULL AND r.room_id IN (SELECT room_id FROM temp.stage_removed)
+         ORDER BY r.room_id",
+        &[&run_id, now],
+    )
+    .await?;
+    if req.keep_changes_days > 0 {
+        let keep = Duration::from_secs(u64::from(req.keep_changes_days) * 86_400);
+        let cutoff = SystemTime::now()
+            .checked_sub(keep)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let cutoff = humantime::format_rfc3339_seconds(cutoff).to_string();
+        execute(
+            conn,
+            "DELETE FROM main.room_changes WHERE changed_at < ?1",
+            &[&cutoff],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Runs one statement with text parameters; returns the rows it changed.
+async fn execute(conn: &mut SqliteConnection, sql: &str, params: &[&str]) -> sqlx::Result<u64> {
+    let mut query = sqlx::query(sql);
+    for p in params {
+        query = query.bind(*p);
+    }
+    Ok(query.execute(conn).await?.rows_affected())
 }
 
 async fn count(conn: &mut SqliteConnection, sql: &str) -> sqlx::Result<u64> {

@@ -25,7 +25,10 @@ pub async fn load_known_rooms(pool: &SqlitePool) -> sqlx::Result<HashMap<String,
     Ok(rows
         .into_iter()
         .map(|(id, fingerprint, active)| {
-            let known = KnownRoom { fingerprint, active: active != 0 };
+            let known = KnownRoom {
+                fingerprint,
+                active: active != 0,
+            };
             (id, known)
         })
         .collect())

@@ -83,7 +83,8 @@ impl Staging {
                      location_desc TEXT, room_picture TEXT, isv_room_id TEXT, group_id INTEGER,
                      fingerprint INTEGER NOT NULL,
                      -- added | restored | candidate (staged), then updated or NULL (apply)
-                     change TEXT
+                     change TEXT,
+                     changed_fields TEXT -- JSON array, for updated
                  );
                  CREATE TEMP TABLE stage_room_labels (
                      room_id TEXT NOT NULL, label_id INTEGER NOT NULL, PRIMARY KEY (room_id, label_id)
@@ -151,9 +152,14 @@ impl Staging {
                 .push_bind(r.13);
         });
         q.build().execute(&mut *tx).await?;
-        let links: Vec<(&str, i64)> = staged.iter().flat_map(|r| r.12.iter().map(move |l| (r.0, *l))).collect();
+        let links: Vec<(&str, i64)> = staged
+            .iter()
+            .flat_map(|r| r.12.iter().map(move |l| (r.0, *l)))
+            .collect();
         if !links.is_empty() {
-            let mut q = QueryBuilder::<Sqlite>::new("INSERT OR IGNORE INTO temp.stage_room_labels (room_id, label_id) ");
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT OR IGNORE INTO temp.stage_room_labels (room_id, label_id) ",
+            );
             q.push_values(&links, |mut b, (room, label)| {
                 b.push_bind(*room).push_bind(*label);
             });

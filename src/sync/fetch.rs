@@ -43,7 +43,10 @@ pub(super) async fn fetch_and_apply(
     shutdown: CancellationToken,
 ) -> Result<ApplyCounts, Stop> {
     let client = DingTalkClient::new(settings.dingtalk.clone(), observer.clone()).map_err(|e| {
-        Stop::Failed(report(observer, Failure::new(Stage::Fetch, codes::CONNECTION, e.to_string())))
+        Stop::Failed(report(
+            observer,
+            Failure::new(Stage::Fetch, codes::CONNECTION, e.to_string()),
+        ))
     })?;
     let conn = pool
         .acquire()
@@ -55,9 +58,15 @@ pub(super) async fn fetch_and_apply(
         .map_err(|e| store_failure(observer, "creating the staging tables", e))?;
 
     let (pages, queue) = mpsc::channel(PAGE_QUEUE);
-    let processor = tokio::spawn(process_pages(pool.clone(), staging, queue, observer.clone()));
+    let processor = tokio::spawn(process_pages(
+        pool.clone(),
+        staging,
+        queue,
+        observer.clone(),
+    ));
+    let mut listed_groups = Vec::new();
     let fetched = tokio::select! {
-        fetched = fetch_pages(&client, pages, observer, progress) => fetched,
+        fetched = fetch_listing(&client, pages, &mut listed_groups, observer, progress) => fetched,
         _ = shutdown.cancelled() => {
             tracing::warn!("shutdown requested: abandoning the fetch, nothing is applied");
             Err(Stop::Interrupted)
@@ -72,7 +81,11 @@ pub(super) async fn fetch_and_apply(
         (Ok(()), Ok(mut p)) => {
             progress.rooms_seen = Some(p.ledger.seen());
             // From here on the run is not interruptible: the apply completes or rolls back whole.
-            let result = apply_listing(&mut p, settings, options, run_id, progress.pages, observer).await;
+            // groupLists is the authority on the groups it lists; rooms add the groups it lacks.
+            p.groups
+                .extend(listed_groups.into_iter().map(|g| (g.group_id, g)));
+            let result =
+                apply_listing(&mut p, settings, options, run_id, progress.pages, observer).await;
             (result, Some(p.staging))
         }
     };
@@ -84,19 +97,40 @@ pub(super) async fn fetch_and_apply(
     result
 }
 
-/// Fetches every page, validating as it goes, and queues its rooms. Never loops: a missing or
-/// repeated cursor fails the run. Returns early (Ok) when the processor has stopped: its error
-/// is the run's.
-async fn fetch_pages(
+/// Fetches the group list, then every page of rooms, validating as it goes, and queues the
+/// rooms. Never loops: a missing or repeated cursor fails the run. Returns early (Ok) when the
+/// processor has stopped: its error is the run's.
+async fn fetch_listing(
     client: &DingTalkClient,
     pages: mpsc::Sender<Vec<Room>>,
+    groups: &mut Vec<Group>,
     observer: &Observer,
     progress: &mut Progress,
 ) -> Result<(), Stop> {
+    let listed = client.group_list().await.map_err(Stop::Failed)?;
+    *groups = listed
+        .result
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            raw.validate()
+                .map_err(|e| format!("groupLists result[{i}]: {e}"))
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| {
+            Stop::Failed(report(
+                observer,
+                Failure::new(Stage::Validate, codes::BAD_RESPONSE, e),
+            ))
+        })?;
     let mut followed: HashSet<i64> = HashSet::new();
     let mut next_token = None;
     for page in 0u32.. {
-        let body = client.room_page(page, next_token).await.map_err(Stop::Failed)?;
+        let body = client
+            .room_page(page, next_token)
+            .await
+            .map_err(Stop::Failed)?;
         progress.pages += 1;
         let invalid = |code: &str, message: String| {
             let failure = Failure::new(Stage::Validate, code, message).on_page(Some(page));
@@ -123,8 +157,9 @@ async fn fetch_pages(
                 return Err(invalid(codes::MISSING_NEXT_TOKEN, message));
             }
             Some(t) if !followed.insert(t) => {
-                let message =
-                    format!("nextToken {t} was already followed in this run; stopping rather than looping");
+                let message = format!(
+                    "nextToken {t} was already followed in this run; stopping rather than looping"
+                );
                 return Err(invalid(codes::REPEATED_NEXT_TOKEN, message));
             }
             Some(t) => Some(t),
@@ -143,7 +178,12 @@ async fn process_pages(
 ) -> Result<Processed, (Stop, Option<Staging>)> {
     let known = match load_known_rooms(&pool).await {
         Ok(known) => known,
-        Err(e) => return Err((store_failure(&observer, "reading the mirror", e), Some(staging))),
+        Err(e) => {
+            return Err((
+                store_failure(&observer, "reading the mirror", e),
+                Some(staging),
+            ))
+        }
     };
     let mut ledger = Ledger::new(known);
     let mut labels: BTreeMap<i64, Option<String>> = BTreeMap::new();
@@ -173,7 +213,10 @@ async fn process_pages(
                     to_stage.retain(|(r, _, _)| r.room_id != room.room_id);
                     to_unstage.push(room.room_id);
                 }
-                Decision::Stage { change, again: staged_before } => {
+                Decision::Stage {
+                    change,
+                    again: staged_before,
+                } => {
                     if staged_before {
                         again.push(room.room_id.clone());
                     }
@@ -193,7 +236,12 @@ async fn process_pages(
             return Err((store_failure(&observer, "staging a page", e), Some(staging)));
         }
     }
-    Ok(Processed { staging, ledger, labels, groups })
+    Ok(Processed {
+        staging,
+        ledger,
+        labels,
+        groups,
+    })
 }
 
 /// Stages labels, groups and removals (small, once), then applies.
@@ -205,24 +253,35 @@ async fn apply_listing(
     pages_fetched: u32,
     observer: &Observer,
 ) -> Result<ApplyCounts, Stop> {
-    let labels: Vec<(i64, Option<&str>)> = p.labels.iter().map(|(id, name)| (*id, name.as_deref())).collect();
+    let labels: Vec<(i64, Option<&str>)> = p
+        .labels
+        .iter()
+        .map(|(id, name)| (*id, name.as_deref()))
+        .collect();
     let groups: Vec<&Group> = p.groups.values().collect();
     let staged = async {
         p.staging.set_labels(&labels).await?;
         p.staging.set_groups(&groups).await?;
         p.staging.set_removed(&p.ledger.missing()).await
     };
-    staged.await.map_err(|e| store_failure(observer, "staging labels, groups and removals", e))?;
+    staged
+        .await
+        .map_err(|e| store_failure(observer, "staging labels, groups and removals", e))?;
     let request = ApplyRequest {
         run_id,
         pages_fetched,
         rooms_seen: p.ledger.seen(),
         max_removal_ratio: settings.sync.max_removal_ratio,
         allow_mass_removal: options.allow_mass_removal,
+        keep_changes_days: settings.sync.keep_changes_days,
     };
     match apply(&mut p.staging, &request).await {
         Ok(ApplyOutcome::Applied(counts)) => Ok(counts),
-        Ok(ApplyOutcome::Guarded { would_remove, active, limit }) => {
+        Ok(ApplyOutcome::Guarded {
+            would_remove,
+            active,
+            limit,
+        }) => {
             let f = Failure::new(
                 Stage::Store,
                 codes::REMOVAL_GUARD,

@@ -24,6 +24,7 @@ pub const TOKEN_2: &str = "tOkEn-renewed-5a7c09e4f1";
 pub const UNION_ID: &str = "union-0042";
 pub const ROOMS_PATH: &str = "/v1.0/rooms/meetingRoomLists";
 pub const TOKEN_PATH: &str = "/v1.0/oauth2/accessToken";
+pub const GROUPS_PATH: &str = "/v1.0/rooms/groupLists";
 
 pub struct TestEnv {
     pub dir: TempDir,
@@ -123,7 +124,8 @@ impl TestEnv {
         report
     }
 
-    /// Serves the token endpoint: exactly `times` token requests are expected when Some.
+    /// Serves the token endpoint (exactly `times` token requests are expected when Some) and an
+    /// empty group list: what every run needs besides the room pages.
     pub async fn mount_token(&self, times: Option<u64>) {
         let mock = Mock::given(method("POST"))
             .and(path(TOKEN_PATH))
@@ -136,6 +138,18 @@ impl TestEnv {
             Some(n) => mock.expect(n).mount(&self.server).await,
             None => mock.mount(&self.server).await,
         }
+        self.mount_groups(json!({"result": []})).await;
+    }
+
+    /// Serves `body` as the answer of `groupLists`.
+    pub async fn mount_groups(&self, body: Value) {
+        Mock::given(method("GET"))
+            .and(path(GROUPS_PATH))
+            .and(header("x-acs-dingtalk-access-token", TOKEN))
+            .and(query_param("unionId", UNION_ID))
+            .respond_with(ResponseTemplate::new(200).set_body_json(body))
+            .mount(&self.server)
+            .await;
     }
 
     /// Serves a complete listing split in pages; page k>0 is reached with nextToken = 100 + k.
@@ -170,7 +184,13 @@ impl TestEnv {
     pub async fn data_snapshot(&self) -> String {
         let pool = self.pool().await;
         let mut out = String::new();
-        for table in ["rooms", "labels", "room_labels", "room_groups"] {
+        for table in [
+            "rooms",
+            "labels",
+            "room_labels",
+            "room_groups",
+            "room_changes",
+        ] {
             out.push_str(&format!("[{table}]\n"));
             for row in table_rows(&pool, table).await {
                 out.push_str(&row);
