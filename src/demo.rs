@@ -50,16 +50,16 @@ pub fn next_steps(report: &RunReport) -> String {
     format!(
         r#"{report}{status}
 
-The mirror is in ./{db}. Try:
+The mirror is in ./{db}. Try (the schema is described in docs/schema.md):
 
-  # The ten largest active rooms with their group
-  sqlite3 -readonly -box {db} "SELECT r.room_name, r.room_capacity, g.group_name FROM rooms r LEFT JOIN room_groups g USING (group_id) WHERE r.removed_at IS NULL ORDER BY r.room_capacity DESC, r.room_name LIMIT 10"
+  # The ten largest rooms, with their group's place in the hierarchy
+  sqlite3 -readonly -box {db} "SELECT room_name, room_capacity, group_path FROM active_rooms ORDER BY room_capacity DESC, room_name LIMIT 10"
 
-  # Rooms with a projector (label 3) for at least 10 people
-  sqlite3 -readonly -box {db} "SELECT r.room_id, r.room_name, r.room_capacity FROM rooms r JOIN room_labels rl ON rl.room_id = r.room_id AND rl.label_id = 3 WHERE r.removed_at IS NULL AND r.room_capacity >= 10 ORDER BY r.room_capacity DESC LIMIT 10"
+  # Rooms open to everyone with a projector (label 3) for at least 10 people
+  sqlite3 -readonly -box {db} "SELECT room_id, room_name, room_capacity, label_names FROM active_rooms WHERE room_status = 0 AND room_capacity >= 10 AND EXISTS (SELECT 1 FROM json_each(label_ids) WHERE value = 3) ORDER BY room_capacity DESC LIMIT 10"
 
-  # The sync runs so far
-  sqlite3 -readonly -box {db} "SELECT run_id, trigger, status, started_at, pages_fetched, rooms_seen, rooms_added, rooms_updated, rooms_removed FROM sync_runs ORDER BY run_id DESC LIMIT 5"
+  # The sync runs so far, and the latest changes
+  sqlite3 -readonly -box {db} "SELECT run_id, trigger, status, started_at, rooms_seen, rooms_added, rooms_updated, rooms_removed FROM sync_runs ORDER BY run_id DESC LIMIT 5; SELECT change_id, room_id, change, changed_fields FROM room_changes ORDER BY change_id DESC LIMIT 5"
 "#
     )
 }

@@ -124,6 +124,18 @@ impl TestEnv {
         report
     }
 
+    /// Serves the token endpoint only.
+    pub async fn mount_token_only(&self) {
+        Mock::given(method("POST"))
+            .and(path(TOKEN_PATH))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(json!({"accessToken": TOKEN, "expireIn": 7200})),
+            )
+            .mount(&self.server)
+            .await;
+    }
+
     /// Serves the token endpoint (exactly `times` token requests are expected when Some) and an
     /// empty group list: what every run needs besides the room pages.
     pub async fn mount_token(&self, times: Option<u64>) {
