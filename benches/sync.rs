@@ -4,7 +4,8 @@
 //!
 //! Targets: initial 100k-room sync within 3x the baseline, no-change resync within 1.3x, peak
 //! memory under 100 MB at 100k rooms, 100 pages at 20 ms latency within 1.1x of pure waiting.
-//! Options (environment): ROOMSYNC_BENCH_SIZES=1000,10000 to choose sizes.
+//! Options (environment): ROOMSYNC_BENCH_SIZES=1000,10000 to choose sizes;
+//! RUST_LOG=roomsync::sync=debug for the phase timings of each run.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -170,6 +171,12 @@ async fn main() {
     if std::env::args().any(|a| a == "--test") {
         println!("sync benchmark: skipped under cargo test (run cargo bench --bench sync)");
         return;
+    }
+    if std::env::var("RUST_LOG").is_ok() {
+        // Phase timings of each run, e.g. RUST_LOG=roomsync::sync=debug.
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
     }
     let sizes: Vec<usize> = std::env::var("ROOMSYNC_BENCH_SIZES")
         .ok()

@@ -25,7 +25,6 @@ CREATE TABLE rooms (
     removed_at     TEXT      -- set when the room left the listing; NULL while active
 );
 CREATE INDEX rooms_group_id ON rooms(group_id);
-CREATE INDEX rooms_removed_at ON rooms(removed_at);
 
 CREATE TABLE labels (
     label_id   INTEGER PRIMARY KEY, -- 1 TV, 2 Phone, 3 Projector, 4 Whiteboard, 5 Video Meeting, others custom

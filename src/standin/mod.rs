@@ -28,7 +28,7 @@ pub struct StandInConfig {
     pub app_key: String,
     pub app_secret: String,
     pub union_id: String,
-    /// Added to every listing and group-list response.
+    /// Added to every page of the room list.
     pub page_latency: Duration,
     pub faults: Vec<Fault>,
     /// The token stops being valid after this many listing requests (then `InvalidAuthentication`

@@ -210,9 +210,7 @@ async fn room_list(
         }
     };
     let page = (offset / page_size) as u32;
-    if !s.page_latency.is_zero() {
-        tokio::time::sleep(s.page_latency).await;
-    }
+    wait_precisely(s.page_latency).await;
     let fault = take_fault(&s, Some(page));
     if let Some(r) = fault.as_ref().and_then(fault_response) {
         return r;
@@ -248,9 +246,6 @@ async fn group_list(
     if let Err(r) = check_token(&s, &headers).and_then(|()| check_union_id(&s, &query)) {
         return r.into_response();
     }
-    if !s.page_latency.is_zero() {
-        tokio::time::sleep(s.page_latency).await;
-    }
     let fault = take_fault(&s, None);
     if let Some(r) = fault.as_ref().and_then(fault_response) {
         return r;
@@ -261,6 +256,21 @@ async fn group_list(
         body.truncate(body.len() / 2);
     }
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Waits `latency`, to within microseconds: the timer wheel rounds sleeps up to the next
+/// millisecond, so the last millisecond is spent yielding instead.
+async fn wait_precisely(latency: Duration) {
+    if latency.is_zero() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + latency;
+    if let Some(coarse) = latency.checked_sub(Duration::from_millis(2)) {
+        tokio::time::sleep(coarse).await;
+    }
+    while tokio::time::Instant::now() < deadline {
+        tokio::task::yield_now().await;
+    }
 }
 
 /// Takes one use of the first fault scripted for this page (`None`: the group list).

@@ -22,8 +22,9 @@ use crate::store::apply::{apply, ApplyCounts, ApplyOutcome, ApplyRequest};
 use crate::store::fingerprints::load_known_rooms;
 use crate::store::staging::{StagedRecord, Staging};
 
-/// Pages that may wait for the processor: bounds memory, keeps both sides busy.
-const PAGE_QUEUE: usize = 8;
+/// Pages that may wait for the processor: bounds memory (about 1 MB per 10 pages), and lets
+/// the fetcher go on while the processor loads the mirror's fingerprints at the start.
+const PAGE_QUEUE: usize = 64;
 
 /// What the processor builds from the listing.
 struct Processed {
@@ -57,6 +58,7 @@ pub(super) async fn fetch_and_apply(
         .await
         .map_err(|e| store_failure(observer, "creating the staging tables", e))?;
 
+    let started = std::time::Instant::now();
     let (pages, queue) = mpsc::channel(PAGE_QUEUE);
     let processor = tokio::spawn(process_pages(
         pool.clone(),
@@ -73,7 +75,9 @@ pub(super) async fn fetch_and_apply(
         }
     };
     // The queue's sender is gone: the processor finishes what it has and hands back.
+    let fetch_ms = started.elapsed().as_millis() as u64;
     let processed = processor.await.expect("the page processor does not panic");
+    let process_ms = started.elapsed().as_millis() as u64;
     let (result, staging) = match (fetched, processed) {
         (Err(stop), Ok(p)) => (Err(stop), Some(p.staging)),
         (Err(stop), Err((_, staging))) => (Err(stop), staging),
@@ -86,6 +90,12 @@ pub(super) async fn fetch_and_apply(
                 .extend(listed_groups.into_iter().map(|g| (g.group_id, g)));
             let result =
                 apply_listing(&mut p, settings, options, run_id, progress.pages, observer).await;
+            tracing::debug!(
+                fetch_ms,
+                process_ms,
+                apply_ms = started.elapsed().as_millis() as u64 - process_ms,
+                "listing fetched, staged and applied"
+            );
             (result, Some(p.staging))
         }
     };
