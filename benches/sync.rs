@@ -78,14 +78,12 @@ async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, Duration) {
     (out, started.elapsed())
 }
 
-/// The faster of two baseline runs: the reference each sync is compared with.
+/// The fastest of three baseline runs: the reference each sync is compared with.
 async fn best_baseline(settings: &Settings) -> Duration {
-    let mut best = Duration::MAX;
-    for _ in 0..2 {
-        let (_, t) = timed(baseline(settings)).await;
-        best = best.min(t);
-    }
-    best
+    best_of(3, |_| async {
+        baseline(settings).await;
+    })
+    .await
 }
 
 struct Row {
@@ -115,17 +113,41 @@ impl Row {
     }
 }
 
+/// The best of `n` timed runs of `f` (each run gets its index).
+async fn best_of<F, Fut>(n: usize, mut f: F) -> Duration
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut best = Duration::MAX;
+    for i in 0..n {
+        let ((), t) = timed(f(i)).await;
+        best = best.min(t);
+    }
+    best
+}
+
+/// Initial sync (best of two, each into a new database), then a resync without change and a
+/// resync with 5% changed (best of two each; the changed one against a fresh copy of the mirror
+/// each time), each with its own baseline (best of three).
 async fn run_size(rooms: usize, dir: &Path) -> Vec<Row> {
     let standin = StandIn::start(StandInConfig::new(OrgSpec::new(SEED, rooms)))
         .await
         .unwrap();
-    let settings = settings_for(&standin, dir.join(format!("bench-{rooms}.db")));
-    let base = best_baseline(&settings).await;
+    let db = |name: &str| dir.join(format!("bench-{rooms}-{name}.db"));
+    let settings_at = |name: &str| settings_for(&standin, db(name));
+    let base = best_baseline(&settings_at("x")).await;
     let mut rows = Vec::new();
-    let peak_reset = reset_peak();
 
-    let (report, t) = timed(sync(&settings)).await;
-    assert_eq!(report.counts.unwrap().added as usize, rooms);
+    let peak_reset = reset_peak();
+    let t = best_of(2, |i| {
+        let settings = settings_at(&format!("initial{i}"));
+        async move {
+            let report = sync(&settings).await;
+            assert_eq!(report.counts.unwrap().added as usize, rooms);
+        }
+    })
+    .await;
     let peak = if peak_reset { memory_mib().0 } else { f64::NAN };
     rows.push(Row {
         what: "initial sync (empty database)".into(),
@@ -135,9 +157,12 @@ async fn run_size(rooms: usize, dir: &Path) -> Vec<Row> {
         peak_mib: peak,
     });
 
+    let mirror = settings_at("initial0");
     reset_peak();
-    let (report, t) = timed(sync(&settings)).await;
-    assert_eq!(report.counts.unwrap().updated, 0);
+    let t = best_of(2, |_| async {
+        assert_eq!(sync(&mirror).await.counts.unwrap().updated, 0);
+    })
+    .await;
     rows.push(Row {
         what: "resync, no change".into(),
         rooms,
@@ -150,10 +175,20 @@ async fn run_size(rooms: usize, dir: &Path) -> Vec<Row> {
         revision: 1,
         ..standin.org()
     });
-    let base_changed = best_baseline(&settings).await;
+    let base_changed = best_baseline(&mirror).await;
     reset_peak();
-    let (report, t) = timed(sync(&settings)).await;
-    assert_eq!(report.counts.unwrap().updated as usize, rooms / 20);
+    let t = best_of(2, |i| {
+        // Each try starts from the unchanged mirror (initial1 for the first, then a copy).
+        let name = format!("initial{}", (i + 1) % 2);
+        let settings = settings_at(&name);
+        async move {
+            assert_eq!(
+                sync(&settings).await.counts.unwrap().updated as usize,
+                rooms / 20
+            );
+        }
+    })
+    .await;
     rows.push(Row {
         what: "resync, 5% changed".into(),
         rooms,

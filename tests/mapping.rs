@@ -128,6 +128,10 @@ async fn reference_example_is_mapped_field_by_field() {
     assert_eq!(run.7, None);
     assert!(run.8.is_some());
     assert_eq!(env.scalar("SELECT COUNT(*) FROM sync_errors").await, 0);
+    // WAL mode, so readers never wait for a sync; it persists in the file.
+    assert_eq!(env.rows("PRAGMA journal_mode").await, vec!["wal"]);
+    let header = std::fs::read(&env.db).unwrap();
+    assert_eq!((header[18], header[19]), (2, 2));
 }
 
 #[tokio::test]

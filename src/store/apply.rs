@@ -67,6 +67,12 @@ pub fn removal_limit(active: u64, ratio: f64) -> f64 {
 }
 
 pub async fn apply(staging: &mut Staging, req: &ApplyRequest) -> sqlx::Result<ApplyOutcome> {
+    // A larger page cache for the apply than SQLite's 2 MB default: a large apply then keeps
+    // the rooms index in memory for the label links' foreign-key checks instead of re-reading
+    // spilled pages. The connection closes after the run.
+    sqlx::query("PRAGMA main.cache_size = -8192")
+        .execute(staging.connection())
+        .await?;
     let mut tx = staging.connection().begin_with("BEGIN IMMEDIATE").await?;
     let now = now_rfc3339();
 

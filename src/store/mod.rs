@@ -60,7 +60,21 @@ impl Store {
     /// Opens (creating when absent) and migrates the database at `path`. A file that is not a
     /// roomsync database, or has a newer schema, is refused before anything is written to it.
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
-        preflight(path).await?;
+        // A lock held for a moment (a checkpoint as another process closes the database) is
+        // waited out; every other error is final.
+        let started = std::time::Instant::now();
+        loop {
+            match Self::try_open(path).await {
+                Err(e) if e.is_locked() && started.elapsed() < BUSY_TIMEOUT => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn try_open(path: &Path) -> Result<Store, StoreError> {
+        let already_wal = preflight(path).await?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::Directory {
                 path: dir.into(),
@@ -71,15 +85,19 @@ impl Store {
             path: path.into(),
             source,
         };
-        let options = SqliteConnectOptions::new()
+        let mut options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
-            // WAL: readers keep reading the previous state while a sync applies the new one.
-            .journal_mode(SqliteJournalMode::Wal)
             // NORMAL is durable across application crashes in WAL mode and much cheaper than FULL.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
+        if !already_wal {
+            // WAL: readers keep reading the previous state while a sync applies the new one.
+            // Switching takes an exclusive lock that the busy timeout does not wait for, so it
+            // is only asked of a database that is not in WAL mode yet.
+            options = options.journal_mode(SqliteJournalMode::Wal);
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             // One connection stays open for the life of the process, so the -wal and -shm files
@@ -124,14 +142,15 @@ pub fn known_schema_version() -> i64 {
 
 /// Looks at an existing file without changing it: the SQLite header, then (read-only) the
 /// migration table.
-async fn preflight(path: &Path) -> Result<(), StoreError> {
-    let mut header = [0u8; 16];
+/// Returns whether the file is already in WAL mode.
+async fn preflight(path: &Path) -> Result<bool, StoreError> {
+    let mut header = [0u8; 20];
     let len = match std::fs::File::open(path) {
         Ok(mut f) => f.read(&mut header).map_err(|source| StoreError::Sqlx {
             path: path.into(),
             source: sqlx::Error::Io(source),
         })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(source) => {
             return Err(StoreError::Sqlx {
                 path: path.into(),
@@ -140,11 +159,13 @@ async fn preflight(path: &Path) -> Result<(), StoreError> {
         }
     };
     if len == 0 {
-        return Ok(()); // SQLite treats an empty file as an empty database.
+        return Ok(false); // SQLite treats an empty file as an empty database.
     }
-    if len < 16 || &header != b"SQLite format 3\0" {
+    if len < 20 || &header[..16] != b"SQLite format 3\0" {
         return Err(StoreError::NotSqlite { path: path.into() });
     }
+    // Header bytes 18 and 19, the file format's write and read versions, are 2 in WAL mode.
+    let wal = header[18] == 2 && header[19] == 2;
     let sqlx_err = |source| StoreError::Sqlx {
         path: path.into(),
         source,
@@ -182,5 +203,25 @@ async fn preflight(path: &Path) -> Result<(), StoreError> {
         Err(StoreError::Foreign { path: path.into() })
     };
     conn.close().await.map_err(sqlx_err)?;
-    result
+    result.map(|()| wal)
+}
+
+impl StoreError {
+    /// SQLITE_BUSY or SQLITE_LOCKED (or one of their extended codes): another connection held
+    /// a lock.
+    fn is_locked(&self) -> bool {
+        let source = match self {
+            StoreError::Sqlx { source, .. } => source,
+            StoreError::Migrate {
+                source: sqlx::migrate::MigrateError::Execute(source),
+                ..
+            } => source,
+            _ => return false,
+        };
+        source
+            .as_database_error()
+            .and_then(|e| e.code())
+            .and_then(|code| code.parse::<u32>().ok())
+            .is_some_and(|code| matches!(code & 0xff, 5 | 6))
+    }
 }

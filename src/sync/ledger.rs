@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use xxhash_rust::xxh3::Xxh3Builder;
+
 use crate::dingtalk::Room;
 use crate::store::fingerprints::KnownRoom;
 
@@ -50,7 +52,9 @@ struct Entry {
 }
 
 pub struct Ledger {
-    rooms: HashMap<String, Entry>,
+    /// Keyed with XXH3 rather than SipHash: the keys come from the organisation's own
+    /// listing, and hashing is a good part of the per-room cost of a resync.
+    rooms: HashMap<String, Entry, Xxh3Builder>,
 }
 
 impl Ledger {
@@ -114,11 +118,12 @@ impl Ledger {
 }
 
 /// A stable 64-bit fingerprint of what the mirror stores of a room: its fields, its group id
-/// and its set of label ids (label and group names are kept in their own tables). FNV-1a over
-/// a length-prefixed encoding, so it never changes with the Rust version.
+/// and its set of label ids (label and group names are kept in their own tables). XXH3 over a
+/// length-prefixed encoding: a published algorithm, so stored fingerprints stay valid across
+/// Rust and crate versions.
 pub fn fingerprint(room: &Room) -> i64 {
-    let mut h = Fnv::default();
-    h.text(Some(&room.room_id));
+    let mut buf = Encoder(Vec::with_capacity(256));
+    buf.text(Some(&room.room_id));
     for field in [
         &room.corp_id,
         &room.room_staff_id,
@@ -128,53 +133,42 @@ pub fn fingerprint(room: &Room) -> i64 {
         &room.room_picture,
         &room.isv_room_id,
     ] {
-        h.text(field.as_deref());
+        buf.text(field.as_deref());
     }
-    h.int(room.room_status);
-    h.int(room.room_capacity);
-    h.int(room.group.as_ref().map(|g| g.group_id));
+    buf.int(room.room_status);
+    buf.int(room.room_capacity);
+    buf.int(room.group.as_ref().map(|g| g.group_id));
     let mut labels: Vec<i64> = room.labels.iter().map(|l| l.label_id).collect();
     labels.sort_unstable();
-    h.bytes(&(labels.len() as u64).to_le_bytes());
+    buf.0
+        .extend_from_slice(&(labels.len() as u64).to_le_bytes());
     for id in labels {
-        h.bytes(&id.to_le_bytes());
+        buf.0.extend_from_slice(&id.to_le_bytes());
     }
-    h.0 as i64
+    xxhash_rust::xxh3::xxh3_64(&buf.0) as i64
 }
 
-struct Fnv(u64);
+/// The canonical encoding: every value tagged present or absent, text length-prefixed.
+struct Encoder(Vec<u8>);
 
-impl Default for Fnv {
-    fn default() -> Self {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Fnv {
-    fn bytes(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
+impl Encoder {
     fn text(&mut self, value: Option<&str>) {
         match value {
-            None => self.bytes(&[0]),
+            None => self.0.push(0),
             Some(s) => {
-                self.bytes(&[1]);
-                self.bytes(&(s.len() as u64).to_le_bytes());
-                self.bytes(s.as_bytes());
+                self.0.push(1);
+                self.0.extend_from_slice(&(s.len() as u64).to_le_bytes());
+                self.0.extend_from_slice(s.as_bytes());
             }
         }
     }
 
     fn int(&mut self, value: Option<i64>) {
         match value {
-            None => self.bytes(&[0]),
+            None => self.0.push(0),
             Some(n) => {
-                self.bytes(&[1]);
-                self.bytes(&n.to_le_bytes());
+                self.0.push(1);
+                self.0.extend_from_slice(&n.to_le_bytes());
             }
         }
     }
