@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use roomsync::lock::SyncLock;
 use serde_json::json;
-use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::ConnectOptions;
 use wiremock::ResponseTemplate;
 
 const BIN: &str = env!("CARGO_BIN_EXE_roomsync");
@@ -211,55 +209,31 @@ async fn a_newer_schema_or_a_foreign_database_is_refused_unchanged() {
     let env = TestEnv::new().await;
     env.reset_upstream(&rooms_in_pages(3)).await;
     assert_eq!(sync_now(&env, &[]).await.status.code(), Some(0));
-    {
-        let mut conn = SqliteConnectOptions::new()
-            .filename(&env.db)
-            .connect()
-            .await
-            .unwrap();
-        sqlx::raw_sql(
-            "INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum, execution_time)
-             VALUES (99990101000000, 'from the future', '2099-01-01', 1, x'00', 0);
-             PRAGMA wal_checkpoint(TRUNCATE);",
-        )
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    }
-    let before = std::fs::read(&env.db).unwrap();
-    let out = sync_now(&env, &[]).await;
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("newer than this roomsync"),
-        "{}",
-        text(&out.stderr)
-    );
-    assert_eq!(std::fs::read(&env.db).unwrap(), before);
+    write_sql(
+        &env.db,
+        "INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum, execution_time)
+         VALUES (99990101000000, 'from the future', '2099-01-01', 1, x'00', 0);
+         PRAGMA wal_checkpoint(TRUNCATE);",
+    )
+    .await;
+    assert_refused_unchanged(&env, "newer than this roomsync").await;
 
     let foreign = TestEnv::new().await;
-    {
-        let mut conn = SqliteConnectOptions::new()
-            .filename(&foreign.db)
-            .create_if_missing(true)
-            .connect()
-            .await
-            .unwrap();
-        sqlx::raw_sql(
-            "CREATE TABLE invoices (id INTEGER PRIMARY KEY); INSERT INTO invoices VALUES (1);",
-        )
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    }
-    let before = std::fs::read(&foreign.db).unwrap();
-    let out = sync_now(&foreign, &[]).await;
+    write_sql(
+        &foreign.db,
+        "CREATE TABLE invoices (id INTEGER PRIMARY KEY); INSERT INTO invoices VALUES (1);",
+    )
+    .await;
+    assert_refused_unchanged(&foreign, "not a roomsync one").await;
+}
+
+/// `--sync-now` exits 1 saying `why`, and leaves the database file byte for byte as it was.
+async fn assert_refused_unchanged(env: &TestEnv, why: &str) {
+    let before = std::fs::read(&env.db).unwrap();
+    let out = sync_now(env, &[]).await;
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("not a roomsync one"),
-        "{}",
-        text(&out.stderr)
-    );
-    assert_eq!(std::fs::read(&foreign.db).unwrap(), before);
+    assert!(text(&out.stderr).contains(why), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read(&env.db).unwrap(), before);
 }
 
 #[tokio::test]
@@ -267,17 +241,11 @@ async fn a_run_left_running_by_a_killed_process_is_marked_interrupted() {
     let env = TestEnv::new().await;
     env.reset_upstream(&rooms_in_pages(3)).await;
     assert_eq!(sync_now(&env, &[]).await.status.code(), Some(0));
-    {
-        let mut conn = SqliteConnectOptions::new()
-            .filename(&env.db)
-            .connect()
-            .await
-            .unwrap();
-        sqlx::query("INSERT INTO sync_runs (trigger, started_at, status) VALUES ('schedule', '2026-01-01T00:00:00Z', 'running')")
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
+    write_sql(
+        &env.db,
+        "INSERT INTO sync_runs (trigger, started_at, status) VALUES ('schedule', '2026-01-01T00:00:00Z', 'running')",
+    )
+    .await;
     assert_eq!(sync_now(&env, &[]).await.status.code(), Some(0));
     assert_eq!(
         env.rows("SELECT run_id || ':' || status FROM sync_runs ORDER BY run_id")

@@ -360,22 +360,16 @@ async fn status_exit_codes_follow_the_age_of_the_last_success() {
     assert!(out.contains("manual    failed"), "{out}");
 
     // Stale: the success finished three hours ago.
-    {
-        use sqlx::ConnectOptions;
-        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(&env.db)
-            .connect()
-            .await
-            .unwrap();
-        let three_hours_ago = humantime::format_rfc3339_seconds(
-            std::time::SystemTime::now() - Duration::from_secs(3 * 3600),
-        );
-        sqlx::query("UPDATE sync_runs SET finished_at = ? WHERE status = 'succeeded'")
-            .bind(three_hours_ago.to_string())
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
+    let three_hours_ago = humantime::format_rfc3339_seconds(
+        std::time::SystemTime::now() - Duration::from_secs(3 * 3600),
+    );
+    write_sql(
+        &env.db,
+        &format!(
+            "UPDATE sync_runs SET finished_at = '{three_hours_ago}' WHERE status = 'succeeded'"
+        ),
+    )
+    .await;
     let (code, out) = status(&env, &[]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("STALE"), "{out}");

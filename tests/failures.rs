@@ -5,8 +5,6 @@ mod common;
 use common::*;
 use roomsync::sync::RunReport;
 use serde_json::json;
-use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::ConnectOptions;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, ResponseTemplate};
 
@@ -307,15 +305,11 @@ async fn a_repeated_next_token_fails_instead_of_looping() {
 async fn a_database_error_during_the_apply_rolls_back_everything() {
     let (env, before) = synced_env().await;
     // Rooms and groups are written before the label links; make the links fail.
-    let mut conn = SqliteConnectOptions::new()
-        .filename(&env.db)
-        .connect()
-        .await
-        .unwrap();
-    sqlx::raw_sql("CREATE TRIGGER refuse_links BEFORE INSERT ON room_labels BEGIN SELECT RAISE(ABORT, 'disk says no'); END;")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    write_sql(
+        &env.db,
+        "CREATE TRIGGER refuse_links BEFORE INSERT ON room_labels BEGIN SELECT RAISE(ABORT, 'disk says no'); END;",
+    )
+    .await;
     let mut changed = rooms_in_pages(3);
     changed[0][0]["roomName"] = json!("Renamed");
     changed[1].push(room("new", "New room", &[4], Some(77)));

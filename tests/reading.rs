@@ -366,15 +366,11 @@ async fn old_changes_are_pruned_after_keep_changes_days() {
         let env = TestEnv::with("", &format!("[sync]\nkeep_changes_days = {days}")).await;
         serve(&env, fixture_rooms(), groups()).await;
         env.sync().await;
-        let mut conn = SqliteConnectOptions::new()
-            .filename(&env.db)
-            .connect()
-            .await
-            .unwrap();
-        sqlx::query("INSERT INTO room_changes (run_id, room_id, change, changed_at) VALUES (1, 'a', 'updated', '2000-01-01T00:00:00Z')")
-            .execute(&mut conn)
-            .await
-            .unwrap();
+        write_sql(
+            &env.db,
+            "INSERT INTO room_changes (run_id, room_id, change, changed_at) VALUES (1, 'a', 'updated', '2000-01-01T00:00:00Z')",
+        )
+        .await;
         // Pruning happens in the apply of a run that changes something, or not.
         env.sync().await;
         assert_eq!(

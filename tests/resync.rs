@@ -3,16 +3,9 @@
 mod common;
 
 use common::*;
-use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::ConnectOptions;
 
 /// Makes every later write to the mirrored tables visible in `write_log`.
 async fn log_writes(env: &TestEnv) {
-    let mut conn = SqliteConnectOptions::new()
-        .filename(&env.db)
-        .connect()
-        .await
-        .unwrap();
     let mut sql = String::from("CREATE TABLE write_log (tbl TEXT, op TEXT);");
     for table in ["rooms", "labels", "room_labels", "room_groups"] {
         for op in ["INSERT", "UPDATE", "DELETE"] {
@@ -22,19 +15,15 @@ async fn log_writes(env: &TestEnv) {
             ));
         }
     }
-    sqlx::raw_sql(&sql).execute(&mut conn).await.unwrap();
+    write_sql(&env.db, &sql).await;
 }
 
 async fn backdate_all_rooms(env: &TestEnv) {
-    let mut conn = SqliteConnectOptions::new()
-        .filename(&env.db)
-        .connect()
-        .await
-        .unwrap();
-    sqlx::query("UPDATE rooms SET updated_at = '2000-01-01T00:00:00Z'")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    write_sql(
+        &env.db,
+        "UPDATE rooms SET updated_at = '2000-01-01T00:00:00Z'",
+    )
+    .await;
 }
 
 #[tokio::test]

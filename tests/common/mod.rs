@@ -257,6 +257,19 @@ pub fn page_request(k: usize) -> wiremock::MockBuilder {
     }
 }
 
+/// Runs SQL (several statements allowed) on its own writable connection to `db`, creating the
+/// file if needed: how tests play another writer or tamper with the mirror.
+pub async fn write_sql(db: &Path, sql: &str) {
+    use sqlx::ConnectOptions;
+    let mut conn = SqliteConnectOptions::new()
+        .filename(db)
+        .create_if_missing(true)
+        .connect()
+        .await
+        .unwrap();
+    sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+}
+
 pub async fn open_pool(db: &Path) -> SqlitePool {
     let options = SqliteConnectOptions::new().filename(db).read_only(true);
     SqlitePoolOptions::new()
