@@ -267,10 +267,7 @@ async fn sigterm_during_the_fetch_exits_promptly_and_changes_nothing() {
     let mut pages = rooms_in_pages(3);
     pages[0][0]["roomName"] = json!("Renamed, never applied");
     page_request(0)
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"hasMore": true, "nextToken": 101, "result": pages[0]})),
-        )
+        .respond_with(page(&pages[0], Some(101)))
         .mount(&env.server)
         .await;
     page_request(1)
@@ -320,10 +317,7 @@ async fn sigterm_during_the_fetch_exits_promptly_and_changes_nothing() {
         env.server.reset().await;
         env.mount_token(None).await;
         page_request(0)
-            .respond_with(
-                ResponseTemplate::new(200)
-                    .set_body_json(json!({"hasMore": true, "nextToken": 101, "result": pages[0]})),
-            )
+            .respond_with(page(&pages[0], Some(101)))
             .mount(&env.server)
             .await;
         page_request(1)

@@ -66,10 +66,7 @@ async fn a_refused_token_is_renewed_once_and_the_request_repeated() {
     env.mount_groups(json!({"result": []})).await;
     let pages = rooms_in_pages(4);
     page_request(0)
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"hasMore": true, "nextToken": 101, "result": pages[0]})),
-        )
+        .respond_with(page(&pages[0], Some(101)))
         .expect(1)
         .mount(&env.server)
         .await;
@@ -85,9 +82,7 @@ async fn a_refused_token_is_renewed_once_and_the_request_repeated() {
     Mock::given(method("GET"))
         .and(path(ROOMS_PATH))
         .and(header("x-acs-dingtalk-access-token", TOKEN_2))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_json(json!({"hasMore": false, "result": pages[1]})),
-        )
+        .respond_with(page(&pages[1], None))
         .expect(1)
         .mount(&env.server)
         .await;

@@ -147,19 +147,11 @@ async fn a_one_second_schedule_runs_repeatedly_without_overlap() {
     // Each run takes about 1.2 s: two pages of 600 ms, so some ticks find a run in progress.
     let pages = rooms_in_pages(4);
     page_request(0)
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"hasMore": true, "nextToken": 101, "result": pages[0]}))
-                .set_delay(Duration::from_millis(600)),
-        )
+        .respond_with(page(&pages[0], Some(101)).set_delay(Duration::from_millis(600)))
         .mount(&env.server)
         .await;
     page_request(1)
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"hasMore": false, "result": pages[1]}))
-                .set_delay(Duration::from_millis(600)),
-        )
+        .respond_with(page(&pages[1], None).set_delay(Duration::from_millis(600)))
         .mount(&env.server)
         .await;
 
@@ -210,10 +202,7 @@ async fn sigterm_during_a_slow_fetch_exits_0_promptly_with_the_run_interrupted()
     let mut pages = rooms_in_pages(3);
     pages[0][0]["roomName"] = json!("never applied");
     page_request(0)
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"hasMore": true, "nextToken": 101, "result": pages[0]})),
-        )
+        .respond_with(page(&pages[0], Some(101)))
         .mount(&env.server)
         .await;
     page_request(1)

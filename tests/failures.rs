@@ -65,10 +65,7 @@ async fn non_retryable_client_errors_fail_at_once_naming_the_code() {
         env.mount_token(None).await;
         let pages = rooms_in_pages(4);
         page_request(0)
-            .respond_with(
-                ResponseTemplate::new(200)
-                    .set_body_json(json!({"hasMore": true, "nextToken": 101, "result": pages[0]})),
-            )
+            .respond_with(page(&pages[0], Some(101)))
             .mount(&env.server)
             .await;
         page_request(1)
@@ -277,18 +274,12 @@ async fn a_repeated_next_token_fails_instead_of_looping() {
     env.mount_token(None).await;
     let pages = rooms_in_pages(6);
     page_request(0)
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"hasMore": true, "nextToken": 101, "result": pages[0]})),
-        )
+        .respond_with(page(&pages[0], Some(101)))
         .expect(1)
         .mount(&env.server)
         .await;
     page_request(1)
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"hasMore": true, "nextToken": 101, "result": pages[1]})),
-        )
+        .respond_with(page(&pages[1], Some(101)))
         .expect(1)
         .mount(&env.server)
         .await;

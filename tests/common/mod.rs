@@ -168,12 +168,8 @@ impl TestEnv {
     /// Each page is expected exactly `expect` times when Some.
     pub async fn mount_listing(&self, pages: &[Vec<Value>], expect: Option<u64>) {
         for (k, rooms) in pages.iter().enumerate() {
-            let more = k + 1 < pages.len();
-            let mut body = json!({"hasMore": more, "result": rooms});
-            if more {
-                body["nextToken"] = json!(101 + k as i64);
-            }
-            let mock = page_request(k).respond_with(ResponseTemplate::new(200).set_body_json(body));
+            let next_token = (k + 1 < pages.len()).then_some(101 + k as i64);
+            let mock = page_request(k).respond_with(page(rooms, next_token));
             match expect {
                 Some(n) => mock.expect(n).mount(&self.server).await,
                 None => mock.mount(&self.server).await,
@@ -241,6 +237,15 @@ impl TestEnv {
         ))
         .await
     }
+}
+
+/// A page of the listing: `hasMore` with `next_token` when there is one, else the last page.
+pub fn page(rooms: &[Value], next_token: Option<i64>) -> ResponseTemplate {
+    let mut body = json!({"hasMore": next_token.is_some(), "result": rooms});
+    if let Some(t) = next_token {
+        body["nextToken"] = json!(t);
+    }
+    ResponseTemplate::new(200).set_body_json(body)
 }
 
 /// The request for page `k` of the listing, with the token header and query the API wants.
