@@ -2,12 +2,18 @@
 //! [`run_sync`].
 //!
 //! 1. record the run (`running`), committed at once;
-//! 2. fetch every page, validating as it comes, into staging tables (no live table is written,
-//!    no write transaction is open across a network call);
-//! 3. apply in one short transaction that also finishes the run row.
+//! 2. fetch the group list and every page of rooms, validating as they come; the run's
+//!    [`ledger`] sets aside rooms identical to the mirror, and the rest go to TEMP staging
+//!    tables (no live table is written, no write transaction is open across a network call);
+//! 3. apply in one short transaction that also writes the change feed and finishes the run row.
 //!
 //! Every error is recorded in `sync_errors` as it happens. A failed or interrupted run changes
 //! no data row.
+
+mod fetch;
+mod ledger;
+
+pub use ledger::Change;
 
 use std::fmt;
 use std::sync::Arc;
@@ -82,11 +88,6 @@ impl fmt::Display for RunReport {
         }
     }
 }
-
-mod fetch;
-mod ledger;
-
-pub use ledger::Change;
 
 /// Why a run ended without applying.
 enum Stop {
