@@ -118,6 +118,25 @@ async fn serve(env: &TestEnv, rooms: Vec<Value>, groups: Value) {
     .await;
 }
 
+/// Every example the schema document shows is checked below; a new one needs a check too.
+#[test]
+fn every_documented_example_is_checked() {
+    let names: Vec<&str> = SCHEMA_DOC
+        .lines()
+        .filter_map(|l| l.strip_prefix("-- example: "))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            "projector-rooms-in-building",
+            "changes-since",
+            "rooms-per-label",
+            "empty-groups",
+            "freshness"
+        ]
+    );
+}
+
 #[tokio::test]
 async fn documented_examples_give_the_expected_answers() {
     let env = TestEnv::new().await;
