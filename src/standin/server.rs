@@ -177,13 +177,22 @@ fn check_union_id(s: &Shared, query: &HashMap<String, String>) -> Result<(), Rej
     }
 }
 
+/// A page of the room list, answered `page_latency` after the request came in (the page is
+/// built while that time runs, as a real server's response time includes building it).
 async fn room_list(
     State(s): State<Arc<Shared>>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
+    let answer_at = tokio::time::Instant::now() + s.page_latency;
+    let response = build_room_page(&s, &headers, &query);
+    wait_until(answer_at).await;
+    response
+}
+
+fn build_room_page(s: &Shared, headers: &HeaderMap, query: &HashMap<String, String>) -> Response {
     s.counts.page_requests.fetch_add(1, Ordering::Relaxed);
-    if let Err(r) = check_token(&s, &headers).and_then(|()| check_union_id(&s, &query)) {
+    if let Err(r) = check_token(s, headers).and_then(|()| check_union_id(s, query)) {
         return r.into_response();
     }
     let org = *s.org.read().expect("not poisoned");
@@ -210,8 +219,7 @@ async fn room_list(
         }
     };
     let page = (offset / page_size) as u32;
-    wait_precisely(s.page_latency).await;
-    let fault = take_fault(&s, Some(page));
+    let fault = take_fault(s, Some(page));
     if let Some(r) = fault.as_ref().and_then(fault_response) {
         return r;
     }
@@ -258,15 +266,13 @@ async fn group_list(
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// Waits `latency`, to within microseconds: the timer wheel rounds sleeps up to the next
-/// millisecond, so the last millisecond is spent yielding instead.
-async fn wait_precisely(latency: Duration) {
-    if latency.is_zero() {
-        return;
-    }
-    let deadline = tokio::time::Instant::now() + latency;
-    if let Some(coarse) = latency.checked_sub(Duration::from_millis(2)) {
-        tokio::time::sleep(coarse).await;
+/// Waits until `deadline`, to within microseconds: the timer wheel rounds sleeps up to the
+/// next millisecond, so the last two milliseconds are spent yielding instead.
+async fn wait_until(deadline: tokio::time::Instant) {
+    if let Some(coarse) = deadline.checked_sub(Duration::from_millis(2)) {
+        if tokio::time::Instant::now() < coarse {
+            tokio::time::sleep_until(coarse).await;
+        }
     }
     while tokio::time::Instant::now() < deadline {
         tokio::task::yield_now().await;

@@ -222,15 +222,9 @@ impl Staging {
         Ok(())
     }
 
-    /// Drops the staging tables and closes the connection.
-    pub async fn close(mut self) -> sqlx::Result<()> {
-        (&mut self.conn)
-            .execute(
-                "DROP TABLE IF EXISTS temp.stage_rooms; DROP TABLE IF EXISTS temp.stage_room_labels;
-                 DROP TABLE IF EXISTS temp.stage_labels; DROP TABLE IF EXISTS temp.stage_groups;
-                 DROP TABLE IF EXISTS temp.stage_removed;",
-            )
-            .await?;
+    /// Closes the connection; its TEMP tables go with it (dropping them first would only
+    /// free their pages one by one).
+    pub async fn close(self) -> sqlx::Result<()> {
         self.conn.close().await
     }
 }
