@@ -302,9 +302,13 @@ async fn record_changes(
             .checked_sub(keep)
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let cutoff = humantime::format_rfc3339_seconds(cutoff).to_string();
+        // change_id grows with changed_at: everything before the first entry young enough goes.
+        // The scan stops there, so it reads only what it deletes.
         execute(
             conn,
-            "DELETE FROM main.room_changes WHERE changed_at < ?1",
+            "DELETE FROM main.room_changes WHERE change_id < COALESCE(
+                 (SELECT change_id FROM main.room_changes WHERE changed_at >= ?1 ORDER BY change_id LIMIT 1),
+                 (SELECT MAX(change_id) + 1 FROM main.room_changes))",
             &[&cutoff],
         )
         .await?;

@@ -12,7 +12,8 @@ pub struct KnownRoom {
 }
 
 /// Every room of the mirror with its fingerprint and whether it is active. Read as one JSON
-/// document: a row per room through the driver costs several times more at 100,000 rooms.
+/// document, straight into the map: a row per room through the driver costs several times
+/// more at 100,000 rooms.
 pub async fn load_known_rooms(pool: &SqlitePool) -> sqlx::Result<HashMap<String, KnownRoom>> {
     let json: String = sqlx::query_scalar(
         "SELECT json_group_array(json_array(r.room_id, f.fingerprint, r.removed_at IS NULL))
@@ -20,16 +21,41 @@ pub async fn load_known_rooms(pool: &SqlitePool) -> sqlx::Result<HashMap<String,
     )
     .fetch_one(pool)
     .await?;
-    let rows: Vec<(String, Option<i64>, i64)> =
+    let known: KnownRooms =
         serde_json::from_str(&json).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, fingerprint, active)| {
-            let known = KnownRoom {
-                fingerprint,
-                active: active != 0,
-            };
-            (id, known)
-        })
-        .collect())
+    Ok(known.0)
+}
+
+/// `[[room_id, fingerprint, active], ...]` deserialized without an intermediate list.
+struct KnownRooms(HashMap<String, KnownRoom>);
+
+impl<'de> serde::Deserialize<'de> for KnownRooms {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Rows;
+        impl<'de> serde::de::Visitor<'de> for Rows {
+            type Value = KnownRooms;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array of [room_id, fingerprint, active]")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<KnownRooms, A::Error> {
+                let mut map = HashMap::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some((id, fingerprint, active)) =
+                    seq.next_element::<(String, Option<i64>, u8)>()?
+                {
+                    map.insert(
+                        id,
+                        KnownRoom {
+                            fingerprint,
+                            active: active != 0,
+                        },
+                    );
+                }
+                Ok(KnownRooms(map))
+            }
+        }
+        deserializer.deserialize_seq(Rows)
+    }
 }
