@@ -262,19 +262,7 @@ async fn sigterm_during_the_fetch_exits_promptly_and_changes_nothing() {
     let before = env.data_snapshot().await;
 
     // Page 1 now hangs far longer than the test waits.
-    env.server.reset().await;
-    env.mount_token(None).await;
-    let mut pages = rooms_in_pages(3);
-    pages[0][0]["roomName"] = json!("Renamed, never applied");
-    page_request(0)
-        .respond_with(page(&pages[0], Some(101)))
-        .mount(&env.server)
-        .await;
-    page_request(1)
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(60)))
-        .mount(&env.server)
-        .await;
-
+    env.hang_on_page_one().await;
     for signal in ["-TERM", "-INT"] {
         let child = Command::new(BIN)
             .args(["--sync-now", "--config", env.config.to_str().unwrap()])
@@ -284,14 +272,7 @@ async fn sigterm_during_the_fetch_exits_promptly_and_changes_nothing() {
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let requests = env.server.received_requests().await.unwrap();
-            if requests
-                .iter()
-                .any(|r| r.url.query().unwrap_or("").contains("nextToken=101"))
-            {
-                break;
-            }
+        while !env.page_one_requested().await {
             assert!(Instant::now() < deadline, "page 1 was never requested");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -314,16 +295,7 @@ async fn sigterm_during_the_fetch_exits_promptly_and_changes_nothing() {
             "{}",
             text(&status.stderr)
         );
-        env.server.reset().await;
-        env.mount_token(None).await;
-        page_request(0)
-            .respond_with(page(&pages[0], Some(101)))
-            .mount(&env.server)
-            .await;
-        page_request(1)
-            .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(60)))
-            .mount(&env.server)
-            .await;
+        env.hang_on_page_one().await;
     }
     assert_eq!(env.data_snapshot().await, before);
     assert_eq!(

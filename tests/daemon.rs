@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use roomsync::lock::SyncLock;
-use serde_json::json;
-use wiremock::ResponseTemplate;
 
 const BIN: &str = env!("CARGO_BIN_EXE_roomsync");
 
@@ -197,33 +195,12 @@ async fn sigterm_during_a_slow_fetch_exits_0_promptly_with_the_run_interrupted()
     env.reset_upstream(&rooms_in_pages(3)).await;
     env.sync().await;
     let before = env.data_snapshot().await;
-    env.server.reset().await;
-    env.mount_token(None).await;
-    let mut pages = rooms_in_pages(3);
-    pages[0][0]["roomName"] = json!("never applied");
-    page_request(0)
-        .respond_with(page(&pages[0], Some(101)))
-        .mount(&env.server)
-        .await;
-    page_request(1)
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(60)))
-        .mount(&env.server)
-        .await;
+    env.hang_on_page_one().await;
 
     let mut daemon = Daemon::start(&env, &[("WATCHDOG_USEC", "2000000")]);
-    until(
-        &daemon,
-        Duration::from_secs(10),
-        "page 1 requested",
-        || async {
-            env.server
-                .received_requests()
-                .await
-                .unwrap()
-                .iter()
-                .any(|r| r.url.query().unwrap_or("").contains("nextToken=101"))
-        },
-    )
+    until(&daemon, Duration::from_secs(10), "page 1 requested", || {
+        env.page_one_requested()
+    })
     .await;
     // The watchdog is pinged by the scheduler every WATCHDOG_USEC / 2, also during a run.
     let mut notes = Vec::new();

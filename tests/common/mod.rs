@@ -184,6 +184,31 @@ impl TestEnv {
         self.mount_listing(pages, None).await;
     }
 
+    /// Replaces the upstream with one whose page 0 renames a room and whose page 1 does not
+    /// answer for a minute: a sync that gets there can only be interrupted.
+    pub async fn hang_on_page_one(&self) {
+        self.server.reset().await;
+        self.mount_token(None).await;
+        let mut pages = rooms_in_pages(3);
+        pages[0][0]["roomName"] = json!("Renamed, never applied");
+        page_request(0)
+            .respond_with(page(&pages[0], Some(101)))
+            .mount(&self.server)
+            .await;
+        page_request(1)
+            .respond_with(ResponseTemplate::new(200).set_delay(std::time::Duration::from_secs(60)))
+            .mount(&self.server)
+            .await;
+    }
+
+    /// Whether page 1 of the listing has been asked for.
+    pub async fn page_one_requested(&self) -> bool {
+        let requests = self.server.received_requests().await.unwrap_or_default();
+        requests
+            .iter()
+            .any(|r| r.url.query().unwrap_or("").contains("nextToken=101"))
+    }
+
     pub async fn pool(&self) -> SqlitePool {
         open_pool(&self.db).await
     }
