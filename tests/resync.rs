@@ -260,3 +260,57 @@ async fn an_empty_listing_does_not_wipe_the_mirror() {
         20
     );
 }
+
+#[tokio::test]
+async fn a_later_unchanged_record_cancels_an_earlier_changed_one() {
+    let env = TestEnv::new().await;
+    env.reset_upstream(&[vec![
+        room("a", "A", &[1], Some(1)),
+        room("b", "B", &[2], None),
+    ]])
+    .await;
+    env.sync().await;
+    let rows = |table: &'static str| {
+        let env = &env;
+        async move {
+            let pool = env.pool().await;
+            table_rows(&pool, table).await
+        }
+    };
+    let before = (
+        rows("rooms").await,
+        rows("room_labels").await,
+        rows("room_changes").await,
+    );
+    // Page 0 brings a renamed "a" (staged), page 1 "a" as it is in the mirror: the later wins.
+    env.reset_upstream(&[
+        vec![
+            room("a", "A renamed", &[1, 3], Some(1)),
+            room("b", "B", &[2], None),
+        ],
+        vec![room("a", "A", &[1], Some(1))],
+    ])
+    .await;
+    let report = env.sync().await;
+    let c = report.counts.unwrap();
+    assert_eq!(
+        (c.seen, c.added, c.updated, c.removed),
+        (2, 0, 0, 0),
+        "{report}"
+    );
+    let after = (
+        rows("rooms").await,
+        rows("room_labels").await,
+        rows("room_changes").await,
+    );
+    assert_eq!(
+        after, before,
+        "the room, its labels and the change feed are as they were"
+    );
+    // The label the earlier record named was still in the listing: it is known from now on.
+    assert_eq!(
+        env.rows("SELECT label_name FROM labels WHERE label_id = 3")
+            .await,
+        vec!["Projector"]
+    );
+}
