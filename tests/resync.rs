@@ -314,3 +314,58 @@ async fn a_later_unchanged_record_cancels_an_earlier_changed_one() {
         vec!["Projector"]
     );
 }
+
+#[tokio::test]
+async fn an_unchanged_record_then_a_changed_one_counts_the_room_once() {
+    let env = TestEnv::new().await;
+    env.reset_upstream(&[vec![room("a", "A", &[1], None), room("b", "B", &[], None)]])
+        .await;
+    env.sync().await;
+    env.reset_upstream(&[
+        vec![room("a", "A", &[1], None), room("b", "B", &[], None)],
+        vec![room("a", "A later", &[1], None)],
+    ])
+    .await;
+    let report = env.sync().await;
+    let c = report.counts.unwrap();
+    assert_eq!(
+        (c.seen, c.added, c.updated, c.removed),
+        (2, 0, 1, 0),
+        "{report}"
+    );
+    assert_eq!(
+        env.rows("SELECT room_name FROM rooms WHERE room_id = 'a'")
+            .await,
+        vec!["A later"]
+    );
+}
+
+#[tokio::test]
+async fn rooms_without_fingerprints_are_compared_by_value_and_get_one() {
+    let env = TestEnv::new().await;
+    env.reset_upstream(&rooms_in_pages(8)).await;
+    env.sync().await;
+    // As if synced by a version that kept no fingerprints.
+    write_sql(&env.db, "DELETE FROM roomsync_room_fingerprints").await;
+    log_writes(&env).await;
+    env.reset_upstream(&rooms_in_pages(6)).await; // r006 and r007 are gone
+    let report = env.sync().await;
+    let c = report.counts.unwrap();
+    assert_eq!(
+        (c.seen, c.added, c.updated, c.removed),
+        (6, 0, 0, 2),
+        "{report}"
+    );
+    assert_eq!(
+        env.scalar("SELECT COUNT(*) FROM roomsync_room_fingerprints")
+            .await,
+        6
+    );
+    assert_eq!(
+        env.rows("SELECT DISTINCT tbl || ' ' || op FROM write_log")
+            .await,
+        vec!["rooms UPDATE"],
+        "only the two removals were written"
+    );
+    assert_eq!(env.scalar("SELECT COUNT(*) FROM write_log").await, 2);
+}

@@ -163,10 +163,22 @@ pub async fn apply(staging: &mut Staging, req: &ApplyRequest) -> sqlx::Result<Ap
     Ok(ApplyOutcome::Applied(counts))
 }
 
-/// Settles the `candidate` rooms of `stage_rooms` (active, fingerprint differs): `updated`
-/// with the names of the differing columns (and `labels` when the label set differs), or NULL
-/// when nothing differs. `added` and `restored` come from the run's ledger.
+/// Settles `stage_rooms.change`. The ledger staged rooms as `added` (the mirror was empty) or
+/// `unknown`; an unknown room is `added` (not in the mirror), `restored` (removed), or an active
+/// room whose fingerprint differs: `updated` with the names of the differing columns (and
+/// `labels` when the label set differs), or NULL when nothing differs.
 async fn settle_candidates(conn: &mut SqliteConnection) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE temp.stage_rooms AS s
+            SET change = CASE WHEN r.removed_at IS NULL THEN 'candidate' ELSE 'restored' END
+           FROM main.rooms AS r
+          WHERE r.room_id = s.room_id AND s.change = 'unknown'",
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE temp.stage_rooms SET change = 'added' WHERE change = 'unknown'")
+        .execute(&mut *conn)
+        .await?;
     let mut checks: Vec<String> = SYNCED_ROOM_COLUMNS
         .iter()
         .map(|c| format!("SELECT '{c}' AS field WHERE r.{c} IS NOT s.{c}"))

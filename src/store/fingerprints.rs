@@ -1,61 +1,66 @@
-//! What the mirror holds of each room, in brief: loaded at the start of a run for the ledger.
-
-use std::collections::HashMap;
+//! The mirror's room fingerprints (internal table `roomsync_room_fingerprints`): what the run's
+//! ledger starts from, and the lookups it needs at the end.
 
 use sqlx::SqlitePool;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KnownRoom {
-    /// None for a room synced before fingerprints were kept: it is staged once.
-    pub fingerprint: Option<i64>,
-    pub active: bool,
+fn decode(e: serde_json::Error) -> sqlx::Error {
+    sqlx::Error::Decode(Box::new(e))
 }
 
-/// Every room of the mirror with its fingerprint and whether it is active. Read as one JSON
-/// document, straight into the map: a row per room through the driver costs several times
-/// more at 100,000 rooms.
-pub async fn load_known_rooms(pool: &SqlitePool) -> sqlx::Result<HashMap<String, KnownRoom>> {
-    let json: String = sqlx::query_scalar(
-        "SELECT json_group_array(json_array(r.room_id, f.fingerprint, r.removed_at IS NULL))
-         FROM rooms AS r LEFT JOIN roomsync_room_fingerprints AS f ON f.room_id = r.room_id",
+/// What a run starts from.
+pub struct Mirror {
+    /// The fingerprints of the active rooms that have one.
+    pub fingerprints: Vec<i64>,
+    /// All rooms, active or removed.
+    pub rooms: i64,
+    pub active_rooms: i64,
+}
+
+/// The fingerprints of the active rooms and the room counts. The fingerprints come as one JSON
+/// array: a row per room through the driver costs several times more at 100k rooms.
+pub async fn load_mirror(pool: &SqlitePool) -> sqlx::Result<Mirror> {
+    let (json, rooms, active_rooms): (String, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT json_group_array(f.fingerprint)
+                 FROM rooms AS r JOIN roomsync_room_fingerprints AS f ON f.room_id = r.room_id
+                 WHERE r.removed_at IS NULL),
+                (SELECT COUNT(*) FROM rooms),
+                (SELECT COUNT(*) FROM rooms WHERE removed_at IS NULL)",
     )
     .fetch_one(pool)
     .await?;
-    let known: KnownRooms =
-        serde_json::from_str(&json).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-    Ok(known.0)
+    let fingerprints = serde_json::from_str(&json).map_err(decode)?;
+    Ok(Mirror {
+        fingerprints,
+        rooms,
+        active_rooms,
+    })
 }
 
-/// `[[room_id, fingerprint, active], ...]` deserialized without an intermediate list.
-struct KnownRooms(HashMap<String, KnownRoom>);
+/// The active rooms with one of `fingerprints`, and those without a fingerprint (synced before
+/// fingerprints were kept).
+pub async fn active_rooms_with(
+    pool: &SqlitePool,
+    fingerprints: &[i64],
+) -> sqlx::Result<Vec<String>> {
+    let fingerprints = serde_json::to_string(fingerprints).map_err(decode)?;
+    sqlx::query_scalar(
+        "SELECT r.room_id FROM rooms AS r
+         LEFT JOIN roomsync_room_fingerprints AS f ON f.room_id = r.room_id
+         WHERE r.removed_at IS NULL
+           AND (f.fingerprint IS NULL OR f.fingerprint IN (SELECT value FROM json_each(?1)))",
+    )
+    .bind(fingerprints)
+    .fetch_all(pool)
+    .await
+}
 
-impl<'de> serde::Deserialize<'de> for KnownRooms {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Rows;
-        impl<'de> serde::de::Visitor<'de> for Rows {
-            type Value = KnownRooms;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an array of [room_id, fingerprint, active]")
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<KnownRooms, A::Error> {
-                let mut map = HashMap::with_capacity(seq.size_hint().unwrap_or(0));
-                while let Some((id, fingerprint, active)) =
-                    seq.next_element::<(String, Option<i64>, u8)>()?
-                {
-                    map.insert(
-                        id,
-                        KnownRoom {
-                            fingerprint,
-                            active: active != 0,
-                        },
-                    );
-                }
-                Ok(KnownRooms(map))
-            }
-        }
-        deserializer.deserialize_seq(Rows)
-    }
+/// The stored fingerprints of the rooms `room_ids` (those that have one).
+pub async fn stored_fingerprints(pool: &SqlitePool, room_ids: &[&str]) -> sqlx::Result<Vec<i64>> {
+    let ids = serde_json::to_string(room_ids).map_err(decode)?;
+    sqlx::query_scalar(
+        "SELECT fingerprint FROM roomsync_room_fingerprints WHERE room_id IN (SELECT value FROM json_each(?1))",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await
 }

@@ -82,7 +82,7 @@ impl Staging {
                      room_status INTEGER, room_capacity INTEGER, location_title TEXT,
                      location_desc TEXT, room_picture TEXT, isv_room_id TEXT, group_id INTEGER,
                      fingerprint INTEGER NOT NULL,
-                     -- added | restored | candidate (staged), then updated or NULL (apply)
+                     -- added | unknown (staged), then added | restored | updated | NULL (apply)
                      change TEXT,
                      changed_fields TEXT -- JSON array, for updated
                  );

@@ -19,7 +19,7 @@ use crate::config::Settings;
 use crate::dingtalk::{DingTalkClient, Group, Observer, Room};
 use crate::failure::{codes, Failure, Stage};
 use crate::store::apply::{apply, ApplyCounts, ApplyOutcome, ApplyRequest};
-use crate::store::fingerprints::load_known_rooms;
+use crate::store::fingerprints::{active_rooms_with, load_mirror, stored_fingerprints};
 use crate::store::staging::{StagedRecord, Staging};
 
 /// Pages that may wait for the processor: bounds memory (about 1 MB per 10 pages), and lets
@@ -83,13 +83,18 @@ pub(super) async fn fetch_and_apply(
         (Err(stop), Err((_, staging))) => (Err(stop), staging),
         (Ok(()), Err((stop, staging))) => (Err(stop), staging),
         (Ok(()), Ok(mut p)) => {
-            progress.rooms_seen = Some(p.ledger.seen());
             // From here on the run is not interruptible: the apply completes or rolls back whole.
             // groupLists is the authority on the groups it lists; rooms add the groups it lacks.
             p.groups
                 .extend(listed_groups.into_iter().map(|g| (g.group_id, g)));
-            let result =
-                apply_listing(&mut p, settings, options, run_id, progress.pages, observer).await;
+            let result = match tally(pool, &p.ledger).await {
+                Ok(tally) => {
+                    progress.rooms_seen = Some(tally.seen);
+                    let (pages, rooms) = (progress.pages, &tally);
+                    apply_listing(&mut p, rooms, settings, options, run_id, pages, observer).await
+                }
+                Err(e) => Err(store_failure(observer, "reading the mirror", e)),
+            };
             tracing::debug!(
                 fetch_ms,
                 process_ms,
@@ -186,7 +191,7 @@ async fn process_pages(
     mut queue: mpsc::Receiver<Vec<Room>>,
     observer: Observer,
 ) -> Result<Processed, (Stop, Option<Staging>)> {
-    let known = match load_known_rooms(&pool).await {
+    let mirror = match load_mirror(&pool).await {
         Ok(known) => known,
         Err(e) => {
             return Err((
@@ -195,7 +200,7 @@ async fn process_pages(
             ))
         }
     };
-    let mut ledger = Ledger::new(known);
+    let mut ledger = Ledger::new(mirror);
     let mut labels: BTreeMap<i64, Option<String>> = BTreeMap::new();
     let mut groups: HashMap<i64, Group> = HashMap::new();
     while let Some(rooms) = queue.recv().await {
@@ -255,8 +260,47 @@ async fn process_pages(
 }
 
 /// Stages labels, groups and removals (small, once), then applies.
+/// What the ledger's fingerprints leave to look up by id at the end of the fetch.
+struct Tally {
+    /// Distinct rooms in the listing.
+    seen: u64,
+    /// Active rooms the listing no longer has.
+    missing: Vec<String>,
+}
+
+async fn tally(pool: &SqlitePool, ledger: &Ledger) -> sqlx::Result<Tally> {
+    // A staged room that also came unchanged in another record is counted once.
+    let staged: Vec<&str> = ledger.staged().collect();
+    let staged_and_unchanged = if staged.is_empty() {
+        0
+    } else {
+        let stored = stored_fingerprints(pool, &staged).await?;
+        stored
+            .into_iter()
+            .filter(|fp| ledger.seen_unchanged(*fp))
+            .count() as u64
+    };
+    // An active room whose fingerprint did not come is gone, unless it changed (then it is
+    // staged under its id).
+    let unseen = ledger.unseen();
+    let missing = if unseen.is_empty() && ledger.all_fingerprinted() {
+        Vec::new()
+    } else {
+        let candidates = active_rooms_with(pool, &unseen).await?;
+        candidates
+            .into_iter()
+            .filter(|id| !ledger.is_staged(id))
+            .collect()
+    };
+    Ok(Tally {
+        seen: ledger.seen(staged_and_unchanged),
+        missing,
+    })
+}
+
 async fn apply_listing(
     p: &mut Processed,
+    tally: &Tally,
     settings: &Settings,
     options: SyncOptions,
     run_id: i64,
@@ -272,7 +316,8 @@ async fn apply_listing(
     let staged = async {
         p.staging.set_labels(&labels).await?;
         p.staging.set_groups(&groups).await?;
-        p.staging.set_removed(&p.ledger.missing()).await
+        let missing: Vec<&str> = tally.missing.iter().map(String::as_str).collect();
+        p.staging.set_removed(&missing).await
     };
     staged
         .await
@@ -280,7 +325,7 @@ async fn apply_listing(
     let request = ApplyRequest {
         run_id,
         pages_fetched,
-        rooms_seen: p.ledger.seen(),
+        rooms_seen: tally.seen,
         max_removal_ratio: settings.sync.max_removal_ratio,
         allow_mass_removal: options.allow_mass_removal,
         keep_changes_days: settings.sync.keep_changes_days,

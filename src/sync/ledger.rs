@@ -1,23 +1,23 @@
-//! The run's ledger of rooms: what the mirror holds (loaded at the start of the run) against what
-//! the listing brings. A room whose fingerprint matches its active row is not staged at all,
-//! which keeps a resync without upstream change close to the cost of fetching.
+//! The run's ledger of rooms: the fingerprints of the mirror's active rooms (loaded at the
+//! start of the run) against what the listing brings. A fingerprint covers the room id, so a
+//! record whose fingerprint is among them is a room identical to its active row: it is not
+//! staged at all, which keeps a resync without upstream change close to the cost of fetching.
+//! Only the rooms that are staged are tracked by id.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use xxhash_rust::xxh3::Xxh3Builder;
 
 use crate::dingtalk::Room;
-use crate::store::fingerprints::KnownRoom;
+use crate::store::fingerprints::Mirror;
 
-/// What the mirror holds of a room that is to be staged, as far as the ledger knows.
+/// What the ledger knows of a room it stages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
-    /// Not in the mirror.
+    /// The mirror holds no room at all: every room is new.
     Added,
-    /// In the mirror, removed.
-    Restored,
-    /// Active with another fingerprint (or none): the apply compares the values.
-    Candidate,
+    /// Not identical to an active room: new, changed or back; the apply looks it up.
+    Unknown,
 }
 
 impl Change {
@@ -25,8 +25,7 @@ impl Change {
     pub fn as_str(self) -> &'static str {
         match self {
             Change::Added => "added",
-            Change::Restored => "restored",
-            Change::Candidate => "candidate",
+            Change::Unknown => "unknown",
         }
     }
 }
@@ -44,76 +43,85 @@ pub enum Decision {
     Unstage,
 }
 
-#[derive(Debug)]
-struct Entry {
-    known: Option<KnownRoom>,
-    seen: bool,
-    staged: bool,
-}
-
 pub struct Ledger {
-    /// Keyed with XXH3 rather than SipHash: the keys come from the organisation's own
-    /// listing, and hashing is a good part of the per-room cost of a resync.
-    rooms: HashMap<String, Entry, Xxh3Builder>,
+    /// Fingerprints of the active rooms, and whether the listing brought each one unchanged.
+    active: HashMap<i64, bool, Xxh3Builder>,
+    unchanged_seen: u64,
+    /// Ids of the rooms staged so far in this run.
+    staged: HashSet<String, Xxh3Builder>,
+    empty_mirror: bool,
+    /// Active rooms synced before fingerprints were kept: only found by id.
+    unfingerprinted: bool,
 }
 
 impl Ledger {
-    pub fn new(known: HashMap<String, KnownRoom>) -> Ledger {
-        let rooms = known
-            .into_iter()
-            .map(|(id, k)| {
-                (
-                    id,
-                    Entry {
-                        known: Some(k),
-                        seen: false,
-                        staged: false,
-                    },
-                )
-            })
-            .collect();
-        Ledger { rooms }
+    pub fn new(mirror: Mirror) -> Ledger {
+        let unfingerprinted = mirror.active_rooms > mirror.fingerprints.len() as i64;
+        let mut active =
+            HashMap::with_capacity_and_hasher(mirror.fingerprints.len(), Xxh3Builder::new());
+        active.extend(mirror.fingerprints.into_iter().map(|fp| (fp, false)));
+        Ledger {
+            active,
+            unchanged_seen: 0,
+            staged: HashSet::with_hasher(Xxh3Builder::new()),
+            empty_mirror: mirror.rooms == 0,
+            unfingerprinted,
+        }
+    }
+
+    /// Whether every active room can be found by fingerprint.
+    pub fn all_fingerprinted(&self) -> bool {
+        !self.unfingerprinted
     }
 
     pub fn observe(&mut self, room: &Room, fingerprint: i64) -> Decision {
-        let entry = match self.rooms.get_mut(room.room_id.as_str()) {
-            Some(e) => e,
-            None => self.rooms.entry(room.room_id.clone()).or_insert(Entry {
-                known: None,
-                seen: false,
-                staged: false,
-            }),
-        };
-        entry.seen = true;
-        let change = match &entry.known {
-            None => Change::Added,
-            Some(k) if !k.active => Change::Restored,
-            Some(k) if k.fingerprint == Some(fingerprint) => {
-                let was_staged = std::mem::replace(&mut entry.staged, false);
-                return if was_staged {
-                    Decision::Unstage
-                } else {
-                    Decision::Skip
-                };
+        if let Some(seen) = self.active.get_mut(&fingerprint) {
+            if !std::mem::replace(seen, true) {
+                self.unchanged_seen += 1;
             }
-            Some(_) => Change::Candidate,
+            return if self.staged.remove(room.room_id.as_str()) {
+                Decision::Unstage
+            } else {
+                Decision::Skip
+            };
+        }
+        let again = !self.staged.insert(room.room_id.clone());
+        let change = if self.empty_mirror {
+            Change::Added
+        } else {
+            Change::Unknown
         };
-        let again = std::mem::replace(&mut entry.staged, true);
         Decision::Stage { change, again }
     }
 
-    /// Distinct rooms in the listing so far.
-    pub fn seen(&self) -> u64 {
-        self.rooms.values().filter(|e| e.seen).count() as u64
+    /// Ids of the staged rooms.
+    pub fn staged(&self) -> impl Iterator<Item = &str> {
+        self.staged.iter().map(String::as_str)
     }
 
-    /// Active rooms of the mirror that the listing did not bring.
-    pub fn missing(&self) -> Vec<&str> {
-        self.rooms
+    pub fn is_staged(&self, room_id: &str) -> bool {
+        self.staged.contains(room_id)
+    }
+
+    /// Whether `fingerprint` is an active room's that the listing brought unchanged.
+    pub fn seen_unchanged(&self, fingerprint: i64) -> bool {
+        self.active.get(&fingerprint).copied().unwrap_or(false)
+    }
+
+    /// Fingerprints of the active rooms the listing did not bring unchanged: each is a room that
+    /// changed (and is staged) or that is gone.
+    pub fn unseen(&self) -> Vec<i64> {
+        self.active
             .iter()
-            .filter(|(_, e)| !e.seen && e.known.as_ref().is_some_and(|k| k.active))
-            .map(|(id, _)| id.as_str())
+            .filter(|(_, seen)| !**seen)
+            .map(|(fp, _)| *fp)
             .collect()
+    }
+
+    /// Distinct rooms in the listing, given how many staged rooms also came unchanged in
+    /// another record (`staged_and_unchanged`).
+    pub fn seen(&self, staged_and_unchanged: u64) -> u64 {
+        self.unchanged_seen + self.staged.len() as u64 - staged_and_unchanged
     }
 }
 
@@ -243,44 +251,29 @@ mod tests {
     fn the_ledger_skips_unchanged_active_rooms_and_lets_the_later_record_win() {
         let r = room();
         let fp = fingerprint(&r);
-        let known = HashMap::from([
-            (
-                "r1".to_string(),
-                KnownRoom {
-                    fingerprint: Some(fp),
-                    active: true,
-                },
-            ),
-            (
-                "gone".to_string(),
-                KnownRoom {
-                    fingerprint: Some(1),
-                    active: true,
-                },
-            ),
-            (
-                "removed".to_string(),
-                KnownRoom {
-                    fingerprint: Some(fp),
-                    active: false,
-                },
-            ),
-        ]);
-        let mut ledger = Ledger::new(known);
+        let mirror = |fingerprints: Vec<i64>| Mirror {
+            rooms: fingerprints.len() as i64,
+            active_rooms: fingerprints.len() as i64,
+            fingerprints,
+        };
+        let mut ledger = Ledger::new(mirror(vec![fp, 1]));
+        assert!(ledger.all_fingerprinted());
         let stage = |change, again| Decision::Stage { change, again };
         assert_eq!(ledger.observe(&r, fp), Decision::Skip);
-        assert_eq!(ledger.observe(&r, fp + 1), stage(Change::Candidate, false));
-        assert_eq!(ledger.observe(&r, fp + 2), stage(Change::Candidate, true));
+        assert_eq!(ledger.observe(&r, fp + 1), stage(Change::Unknown, false));
+        assert_eq!(ledger.observe(&r, fp + 2), stage(Change::Unknown, true));
         assert_eq!(ledger.observe(&r, fp), Decision::Unstage);
-        let mut back = room();
-        back.room_id = "removed".into();
-        let reappearing = ledger.observe(&back, fp);
-        assert_eq!(reappearing, stage(Change::Restored, false), "always staged");
+        assert!(!ledger.is_staged("r1"));
         let mut new = room();
         new.room_id = "new".into();
-        assert_eq!(ledger.observe(&new, fp), stage(Change::Added, false));
-        assert_eq!(ledger.observe(&new, fp), stage(Change::Added, true));
-        assert_eq!(ledger.seen(), 3);
-        assert_eq!(ledger.missing(), vec!["gone"]);
+        assert_eq!(ledger.observe(&new, fp + 3), stage(Change::Unknown, false));
+        assert_eq!(ledger.unseen(), vec![1]);
+        assert!(ledger.seen_unchanged(fp));
+        assert_eq!(ledger.staged().collect::<Vec<_>>(), vec!["new"]);
+        assert_eq!(ledger.seen(0), 2);
+
+        let mut empty = Ledger::new(mirror(Vec::new()));
+        assert_eq!(empty.observe(&r, fp), stage(Change::Added, false));
+        assert_eq!(empty.seen(0), 1);
     }
 }
