@@ -234,3 +234,22 @@ async fn non_ascii_names_and_quotes_survive_the_round_trip() {
         vec!["Custom 42"]
     );
 }
+
+#[tokio::test]
+async fn a_page_with_more_label_links_than_sqlite_binds_in_one_statement() {
+    // 100 rooms x 200 labels = 20,000 links: 40,000 values, more than one SQLite statement
+    // may bind (32,766).
+    let env = TestEnv::new().await;
+    env.mount_token(None).await;
+    let labels: Vec<i64> = (1..=200).collect();
+    let rooms: Vec<_> = (0..100)
+        .map(|i| room(&format!("r{i:03}"), "R", &labels, None))
+        .collect();
+    page_request(0)
+        .respond_with(page(&rooms, None))
+        .mount(&env.server)
+        .await;
+    let report = env.sync().await;
+    assert_eq!(report.status.as_str(), "succeeded", "{report}");
+    assert_eq!(env.scalar("SELECT COUNT(*) FROM room_labels").await, 20_000);
+}

@@ -2,8 +2,8 @@
 //! outside the database file. Staging takes no lock that readers or other writers could notice,
 //! and memory stays flat however many rooms there are.
 //!
-//! Rows travel as one JSON array per batch, unpacked by SQLite's `json_each`: one prepared
-//! statement per table whatever the batch size.
+//! Rooms and their label links go in as multi-row inserts; labels, groups and id lists travel
+//! as one JSON array unpacked by SQLite's `json_each`.
 
 use std::collections::HashMap;
 
@@ -22,45 +22,9 @@ pub struct Staging {
     conn: SqliteConnection,
 }
 
-/// A room as staged: its columns, its fingerprint and its label ids, as a JSON array.
-#[derive(Serialize)]
-struct StagedRoom<'a>(
-    &'a str,
-    Option<&'a str>,
-    Option<&'a str>,
-    Option<&'a str>,
-    Option<i64>,
-    Option<i64>,
-    Option<&'a str>,
-    Option<&'a str>,
-    Option<&'a str>,
-    Option<&'a str>,
-    Option<i64>,
-    i64,
-    Vec<i64>,
-    &'static str,
-);
-
-impl<'a> StagedRoom<'a> {
-    fn new(r: &'a Room, fingerprint: i64, change: Change) -> Self {
-        StagedRoom(
-            &r.room_id,
-            r.corp_id.as_deref(),
-            r.room_staff_id.as_deref(),
-            r.room_name.as_deref(),
-            r.room_status,
-            r.room_capacity,
-            r.location_title.as_deref(),
-            r.location_desc.as_deref(),
-            r.room_picture.as_deref(),
-            r.isv_room_id.as_deref(),
-            r.group.as_ref().map(|g| g.group_id),
-            fingerprint,
-            r.labels.iter().map(|l| l.label_id).collect(),
-            change.as_str(),
-        )
-    }
-}
+/// Rows per INSERT statement: at 13 values a row, well under the 32,766 values SQLite binds
+/// in one statement.
+const ROWS_PER_STATEMENT: usize = 1000;
 
 fn to_json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("staging rows serialize")
@@ -115,11 +79,11 @@ impl Staging {
         for (i, (r, _, _)) in rooms.iter().enumerate() {
             last.insert(&r.room_id, i);
         }
-        let staged: Vec<StagedRoom> = rooms
+        let staged: Vec<&StagedRecord> = rooms
             .iter()
             .enumerate()
             .filter(|(i, (r, _, _))| last[r.room_id.as_str()] == *i)
-            .map(|(_, (r, fp, change))| StagedRoom::new(r, *fp, *change))
+            .map(|(_, record)| record)
             .collect();
         if staged.is_empty() {
             return Ok(());
@@ -131,36 +95,42 @@ impl Staging {
                 .execute(&mut *tx)
                 .await?;
         }
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT OR REPLACE INTO temp.stage_rooms (room_id, corp_id, room_staff_id, room_name,
-                 room_status, room_capacity, location_title, location_desc, room_picture, isv_room_id,
-                 group_id, fingerprint, change) ",
-        );
-        q.push_values(&staged, |mut b, r| {
-            b.push_bind(r.0)
-                .push_bind(r.1)
-                .push_bind(r.2)
-                .push_bind(r.3)
-                .push_bind(r.4)
-                .push_bind(r.5)
-                .push_bind(r.6)
-                .push_bind(r.7)
-                .push_bind(r.8)
-                .push_bind(r.9)
-                .push_bind(r.10)
-                .push_bind(r.11)
-                .push_bind(r.13);
-        });
-        q.build().execute(&mut *tx).await?;
+        for chunk in staged.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT OR REPLACE INTO temp.stage_rooms (room_id, corp_id, room_staff_id, room_name,
+                     room_status, room_capacity, location_title, location_desc, room_picture,
+                     isv_room_id, group_id, fingerprint, change) ",
+            );
+            q.push_values(chunk, |mut b, (r, fingerprint, change)| {
+                b.push_bind(r.room_id.as_str())
+                    .push_bind(r.corp_id.as_deref())
+                    .push_bind(r.room_staff_id.as_deref())
+                    .push_bind(r.room_name.as_deref())
+                    .push_bind(r.room_status)
+                    .push_bind(r.room_capacity)
+                    .push_bind(r.location_title.as_deref())
+                    .push_bind(r.location_desc.as_deref())
+                    .push_bind(r.room_picture.as_deref())
+                    .push_bind(r.isv_room_id.as_deref())
+                    .push_bind(r.group.as_ref().map(|g| g.group_id))
+                    .push_bind(*fingerprint)
+                    .push_bind(change.as_str());
+            });
+            q.build().execute(&mut *tx).await?;
+        }
         let links: Vec<(&str, i64)> = staged
             .iter()
-            .flat_map(|r| r.12.iter().map(move |l| (r.0, *l)))
+            .flat_map(|(r, _, _)| {
+                r.labels
+                    .iter()
+                    .map(move |l| (r.room_id.as_str(), l.label_id))
+            })
             .collect();
-        if !links.is_empty() {
+        for chunk in links.chunks(ROWS_PER_STATEMENT) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT OR IGNORE INTO temp.stage_room_labels (room_id, label_id) ",
             );
-            q.push_values(&links, |mut b, (room, label)| {
+            q.push_values(chunk, |mut b, (room, label)| {
                 b.push_bind(*room).push_bind(*label);
             });
             q.build().execute(&mut *tx).await?;
