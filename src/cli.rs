@@ -10,7 +10,7 @@ use crate::config::Settings;
 use crate::lock::SyncLock;
 use crate::store::runs::{RunStatus, Trigger};
 use crate::store::Store;
-use crate::sync::{run_sync, SyncOptions};
+use crate::sync::{run_sync, RunReport, SyncOptions};
 
 /// Exit codes: a contract for scripts and monitoring.
 pub mod exit {
@@ -77,7 +77,11 @@ pub fn main() -> ExitCode {
         return ExitCode::from(exit::USAGE);
     }
     if cli.demo {
-        return ExitCode::from(demo());
+        crate::telemetry::init(&crate::config::LogSettings {
+            level: "warn".into(),
+            format: crate::config::LogFormat::Text,
+        });
+        return ExitCode::from(block_on(demo()));
     }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
@@ -87,48 +91,53 @@ pub fn main() -> ExitCode {
         }
     };
     crate::telemetry::init(&settings.log);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let code = runtime.block_on(async {
+    ExitCode::from(block_on(async {
         match cli.command {
             Some(Command::Status { max_age, runs }) => status(&settings, max_age, runs).await,
             None if cli.sync_now => sync_now(&settings, cli.allow_mass_removal).await,
             None => daemon(settings).await,
         }
-    });
-    ExitCode::from(code)
+    }))
 }
 
-/// `--demo`: the stand-in, one sync into ./roomsync-demo.db, and queries to try.
-fn demo() -> u8 {
-    crate::telemetry::init(&crate::config::LogSettings {
-        level: "warn".into(),
-        format: crate::config::LogFormat::Text,
-    });
+fn block_on(mode: impl std::future::Future<Output = u8>) -> u8 {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        tokio::spawn(cancel_on_signal(shutdown.clone()));
-        match crate::demo::run(shutdown).await {
-            Ok(report) if report.status == RunStatus::Succeeded => {
-                println!("{}", crate::demo::next_steps(&report));
-                exit::OK
-            }
-            Ok(report) => {
-                eprintln!("roomsync: {report}");
-                exit::FAILED
-            }
-            Err(e) => {
-                eprintln!("roomsync: demo failed: {e:#}");
-                exit::FAILED
-            }
+    runtime.block_on(mode)
+}
+
+/// The exit code of a one-shot run; `success` prints what a succeeded run leaves on stdout,
+/// anything else is one line on stderr.
+fn run_outcome<E: std::fmt::Display>(
+    outcome: Result<RunReport, E>,
+    success: impl FnOnce(&RunReport) -> String,
+) -> u8 {
+    match outcome {
+        Ok(report) if report.status == RunStatus::Succeeded => {
+            println!("{}", success(&report));
+            exit::OK
         }
-    })
+        Ok(report) => {
+            eprintln!("roomsync: {report}");
+            exit::FAILED
+        }
+        Err(e) => {
+            eprintln!("roomsync: {e}");
+            exit::FAILED
+        }
+    }
+}
+
+/// `--demo`: the stand-in, one sync into ./roomsync-demo.db, and queries to try.
+async fn demo() -> u8 {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let outcome = crate::demo::run(shutdown)
+        .await
+        .map_err(|e| format!("demo failed: {e:#}"));
+    run_outcome(outcome, crate::demo::next_steps)
 }
 
 /// Daemon mode: runs until SIGTERM/SIGINT (exit 0); start-up problems exit 1.
@@ -196,20 +205,8 @@ async fn sync_now(settings: &Settings, allow_mass_removal: bool) -> u8 {
         trigger: Trigger::Manual,
         allow_mass_removal,
     };
-    let code = match run_sync(&store, settings, options, &lock, shutdown).await {
-        Ok(report) if report.status == RunStatus::Succeeded => {
-            println!("{report}");
-            exit::OK
-        }
-        Ok(report) => {
-            eprintln!("roomsync: {report}");
-            exit::FAILED
-        }
-        Err(e) => {
-            eprintln!("roomsync: {e}");
-            exit::FAILED
-        }
-    };
+    let outcome = run_sync(&store, settings, options, &lock, shutdown).await;
+    let code = run_outcome(outcome, RunReport::to_string);
     store.close().await;
     code
 }

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::lock::SyncLock;
 use crate::standin::{settings_for, OrgSpec, StandIn, StandInConfig};
-use crate::store::runs::{RunStatus, Trigger};
+use crate::store::runs::Trigger;
 use crate::store::Store;
 use crate::sync::{run_sync, RunReport, SyncOptions};
 
@@ -42,13 +42,8 @@ pub async fn run(shutdown: CancellationToken) -> anyhow::Result<RunReport> {
 /// What to try next, printed after a successful demo.
 pub fn next_steps(report: &RunReport) -> String {
     let db = DEMO_DATABASE;
-    let status = if report.status == RunStatus::Succeeded {
-        ""
-    } else {
-        " (the sync did not succeed)"
-    };
     format!(
-        r#"{report}{status}
+        r#"{report}
 
 The mirror is in ./{db}. Try (the schema is described in docs/schema.md):
 
