@@ -5,10 +5,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{ConnectOptions, Connection, FromRow};
+use sqlx::{Connection, FromRow};
 
-use crate::store::BUSY_TIMEOUT;
+use crate::store::open_read_only;
 
 #[derive(Debug, FromRow)]
 pub struct RunRow {
@@ -54,13 +53,7 @@ pub async fn read(db: &Path, limit: u32) -> Result<StatusReport, StatusError> {
         path: db.display().to_string(),
         source,
     };
-    let mut conn = SqliteConnectOptions::new()
-        .filename(db)
-        .read_only(true)
-        .busy_timeout(BUSY_TIMEOUT)
-        .connect()
-        .await
-        .map_err(read_err)?;
+    let mut conn = open_read_only(db).await.map_err(read_err)?;
     // One read transaction: the three answers agree with each other.
     let mut tx = conn.begin().await.map_err(read_err)?;
     let runs = sqlx::query_as::<_, RunRow>(&format!(

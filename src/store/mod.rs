@@ -142,6 +142,17 @@ pub fn known_schema_version() -> i64 {
 
 /// Looks at an existing file without changing it: the SQLite header, then (read-only) the
 /// migration table.
+/// A read-only connection that never creates or changes the file (it may wait out a lock for up
+/// to [`BUSY_TIMEOUT`]).
+pub async fn open_read_only(path: &Path) -> sqlx::Result<sqlx::SqliteConnection> {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .busy_timeout(BUSY_TIMEOUT)
+        .connect()
+        .await
+}
+
 /// Returns whether the file is already in WAL mode.
 async fn preflight(path: &Path) -> Result<bool, StoreError> {
     let mut header = [0u8; 20];
@@ -170,13 +181,7 @@ async fn preflight(path: &Path) -> Result<bool, StoreError> {
         path: path.into(),
         source,
     };
-    let mut conn = SqliteConnectOptions::new()
-        .filename(path)
-        .read_only(true)
-        .busy_timeout(BUSY_TIMEOUT)
-        .connect()
-        .await
-        .map_err(sqlx_err)?;
+    let mut conn = open_read_only(path).await.map_err(sqlx_err)?;
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
     )
