@@ -5,7 +5,7 @@
 //! Every write is conditional on a difference, so a resync with no upstream change writes no
 //! row of rooms, labels, room_labels or room_groups.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use sqlx::sqlite::SqliteConnection;
 use sqlx::Connection;
@@ -73,6 +73,7 @@ pub async fn apply(staging: &mut Staging, req: &ApplyRequest) -> sqlx::Result<Ap
     sqlx::query("PRAGMA main.cache_size = -8192")
         .execute(staging.connection())
         .await?;
+    let mut steps = Steps::start();
     let mut tx = staging.connection().begin_with("BEGIN IMMEDIATE").await?;
     let now = now_rfc3339();
 
@@ -97,7 +98,9 @@ pub async fn apply(staging: &mut Staging, req: &ApplyRequest) -> sqlx::Result<Ap
         });
     }
 
+    steps.mark("guard");
     settle_candidates(&mut tx).await?;
+    steps.mark("settle");
     let added = count(
         &mut tx,
         "SELECT COUNT(*) FROM temp.stage_rooms WHERE change IN ('added', 'restored')",
@@ -111,6 +114,7 @@ pub async fn apply(staging: &mut Staging, req: &ApplyRequest) -> sqlx::Result<Ap
 
     // Groups and labels first: rooms and links refer to them.
     write_groups(&mut tx, &now).await?;
+    steps.mark("groups");
     execute(
         &mut tx,
         "INSERT INTO main.labels (label_id, label_name)
@@ -120,8 +124,9 @@ pub async fn apply(staging: &mut Staging, req: &ApplyRequest) -> sqlx::Result<Ap
         &[],
     )
     .await?;
-    write_rooms(&mut tx, &now).await?;
+    write_rooms(&mut tx, &now, &mut steps).await?;
     record_changes(&mut tx, req, &now).await?;
+    steps.mark("changes");
     let removed = execute(
         &mut tx,
         "UPDATE main.rooms SET removed_at = ?1
@@ -159,7 +164,10 @@ pub async fn apply(staging: &mut Staging, req: &ApplyRequest) -> sqlx::Result<Ap
     .bind(removed as i64)
     .execute(&mut *tx)
     .await?;
+    steps.mark("fingerprints");
     tx.commit().await?;
+    steps.mark("commit");
+    steps.log();
     Ok(ApplyOutcome::Applied(counts))
 }
 
@@ -235,7 +243,11 @@ async fn write_groups(conn: &mut SqliteConnection, now: &str) -> sqlx::Result<()
 }
 
 /// New rooms, changed and reappearing rooms, and the label links of all of them.
-async fn write_rooms(conn: &mut SqliteConnection, now: &str) -> sqlx::Result<()> {
+async fn write_rooms(
+    conn: &mut SqliteConnection,
+    now: &str,
+    steps: &mut Steps,
+) -> sqlx::Result<()> {
     let columns = SYNCED_ROOM_COLUMNS.join(", ");
     execute(
         conn,
@@ -246,6 +258,7 @@ async fn write_rooms(conn: &mut SqliteConnection, now: &str) -> sqlx::Result<()>
         &[now],
     )
     .await?;
+    steps.mark("rooms added");
     let assignments: Vec<String> = SYNCED_ROOM_COLUMNS
         .iter()
         .map(|c| format!("{c} = s.{c}"))
@@ -261,6 +274,7 @@ async fn write_rooms(conn: &mut SqliteConnection, now: &str) -> sqlx::Result<()>
         &[now],
     )
     .await?;
+    steps.mark("rooms updated");
     // Only rooms that were already in the mirror can have links to drop.
     execute(
         conn,
@@ -280,6 +294,7 @@ async fn write_rooms(conn: &mut SqliteConnection, now: &str) -> sqlx::Result<()>
         &[],
     )
     .await?;
+    steps.mark("label links");
     Ok(())
 }
 
@@ -340,4 +355,35 @@ async fn execute(conn: &mut SqliteConnection, sql: &str, params: &[&str]) -> sql
 async fn count(conn: &mut SqliteConnection, sql: &str) -> sqlx::Result<u64> {
     let n: i64 = sqlx::query_scalar(sql).fetch_one(conn).await?;
     Ok(n as u64)
+}
+
+/// Milliseconds per step of the apply, logged at debug level: where a large apply spends its
+/// time.
+struct Steps {
+    last: Instant,
+    done: Vec<(&'static str, u128)>,
+}
+
+impl Steps {
+    fn start() -> Steps {
+        Steps {
+            last: Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, step: &'static str) {
+        let now = Instant::now();
+        self.done.push((step, (now - self.last).as_millis()));
+        self.last = now;
+    }
+
+    fn log(&self) {
+        let steps: Vec<String> = self
+            .done
+            .iter()
+            .map(|(s, ms)| format!("{s} {ms}"))
+            .collect();
+        tracing::debug!(steps = %steps.join(", "), "apply steps (ms)");
+    }
 }
