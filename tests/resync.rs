@@ -369,3 +369,75 @@ async fn rooms_without_fingerprints_are_compared_by_value_and_get_one() {
     );
     assert_eq!(env.scalar("SELECT COUNT(*) FROM write_log").await, 2);
 }
+
+/// More rooms than the processor stages in one batch (1,000): when they are new or changed,
+/// records placed before and after them meet in different batches, the earlier one staged.
+fn fillers(name: &str) -> Vec<serde_json::Value> {
+    (0..1100)
+        .map(|i| room(&format!("filler-{i:04}"), name, &[2], Some(1)))
+        .collect()
+}
+
+#[tokio::test]
+async fn records_a_staging_batch_apart_keep_the_later_one() {
+    let env = TestEnv::new().await;
+    let a = room("a", "A", &[1], Some(1));
+    env.reset_upstream(&[vec![a.clone()], fillers("Filler")])
+        .await;
+    env.sync().await;
+    let feed_before = env
+        .scalar("SELECT COUNT(*) FROM room_changes WHERE room_id = 'a'")
+        .await;
+
+    // A changed record of "a" is staged a batch before its unchanged one: "a" stays as it was.
+    env.reset_upstream(&[
+        vec![room("a", "A renamed", &[1, 3], Some(1))],
+        fillers("Filler, renamed"),
+        vec![a.clone()],
+    ])
+    .await;
+    let c = env.sync().await.counts.unwrap();
+    assert_eq!((c.seen, c.added, c.updated, c.removed), (1101, 0, 1100, 0));
+    assert_eq!(
+        env.rows("SELECT room_name FROM rooms WHERE room_id = 'a'")
+            .await,
+        vec!["A"]
+    );
+    assert_eq!(
+        env.rows("SELECT label_id FROM room_labels WHERE room_id = 'a'")
+            .await,
+        vec!["1"]
+    );
+    assert_eq!(
+        env.scalar("SELECT COUNT(*) FROM room_changes WHERE room_id = 'a'")
+            .await,
+        feed_before
+    );
+
+    // Two changed records a batch apart: the later one, labels included, is what is stored.
+    env.reset_upstream(&[
+        vec![room("a", "First", &[1, 3], Some(1))],
+        fillers("Filler"),
+        vec![room("a", "Second", &[4], Some(1))],
+    ])
+    .await;
+    let c = env.sync().await.counts.unwrap();
+    assert_eq!((c.seen, c.added, c.updated, c.removed), (1101, 0, 1101, 0));
+    assert_eq!(
+        env.rows("SELECT room_name FROM rooms WHERE room_id = 'a'")
+            .await,
+        vec!["Second"]
+    );
+    assert_eq!(
+        env.rows("SELECT label_id FROM room_labels WHERE room_id = 'a'")
+            .await,
+        vec!["4"]
+    );
+    assert_eq!(
+        env.rows(
+            "SELECT changed_fields FROM room_changes WHERE room_id = 'a' AND change = 'updated'"
+        )
+        .await,
+        vec![r#"["room_name","labels"]"#]
+    );
+}

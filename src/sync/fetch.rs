@@ -203,10 +203,8 @@ async fn process_pages(
     let mut ledger = Ledger::new(mirror);
     let mut labels: BTreeMap<i64, Option<String>> = BTreeMap::new();
     let mut groups: HashMap<i64, Group> = HashMap::new();
+    let mut pending = Pending::default();
     while let Some(rooms) = queue.recv().await {
-        let mut to_stage: Vec<StagedRecord> = Vec::new();
-        let mut again = Vec::new();
-        let mut to_unstage = Vec::new();
         for room in rooms {
             for label in &room.labels {
                 // Later records win; compare first so the steady state allocates nothing.
@@ -220,36 +218,18 @@ async fn process_pages(
                 }
             }
             let fp = fingerprint(&room);
-            match ledger.observe(&room, fp) {
-                Decision::Skip => {}
-                Decision::Unstage => {
-                    // A record of this page not yet staged simply goes; one staged by an
-                    // earlier page is taken out.
-                    to_stage.retain(|(r, _, _)| r.room_id != room.room_id);
-                    to_unstage.push(room.room_id);
-                }
-                Decision::Stage {
-                    change,
-                    again: staged_before,
-                } => {
-                    if staged_before {
-                        again.push(room.room_id.clone());
-                    }
-                    to_stage.push((room, fp, change));
-                }
+            let decision = ledger.observe(&room, fp);
+            pending.sort(room, fp, decision);
+        }
+        if pending.len() >= STAGE_BATCH {
+            if let Err(e) = pending.flush(&mut staging).await {
+                // Dropping the queue makes the fetcher stop at its next page.
+                return Err((store_failure(&observer, "staging rooms", e), Some(staging)));
             }
         }
-        let mut done = Ok(());
-        if !to_unstage.is_empty() {
-            done = staging.remove_rooms(&to_unstage).await;
-        }
-        if done.is_ok() && !to_stage.is_empty() {
-            done = staging.add_rooms(&to_stage, &again).await;
-        }
-        if let Err(e) = done {
-            // Dropping the queue makes the fetcher stop at its next page.
-            return Err((store_failure(&observer, "staging a page", e), Some(staging)));
-        }
+    }
+    if let Err(e) = pending.flush(&mut staging).await {
+        return Err((store_failure(&observer, "staging rooms", e), Some(staging)));
     }
     Ok(Processed {
         staging,
@@ -259,7 +239,57 @@ async fn process_pages(
     })
 }
 
-/// Stages labels, groups and removals (small, once), then applies.
+/// Rooms staged per round trip to the staging connection: batching pages keeps the round
+/// trips, and the thread wake-ups each costs, ten times fewer than staging page by page.
+const STAGE_BATCH: usize = 1000;
+
+/// What the processor has sorted and not yet staged.
+#[derive(Default)]
+struct Pending {
+    stage: Vec<StagedRecord>,
+    /// Staged rooms whose earlier record, staged before, this batch replaces.
+    again: Vec<String>,
+    /// Staged rooms whose later record turned out unchanged: taken out of staging.
+    unstage: Vec<String>,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.stage.len() + self.unstage.len()
+    }
+
+    fn sort(&mut self, room: Room, fp: i64, decision: Decision) {
+        match decision {
+            Decision::Skip => {}
+            Decision::Unstage => {
+                // A record still pending simply goes; one already staged is taken out.
+                self.stage.retain(|(r, _, _)| r.room_id != room.room_id);
+                self.unstage.push(room.room_id);
+            }
+            Decision::Stage { change, again } => {
+                if again {
+                    self.again.push(room.room_id.clone());
+                }
+                self.stage.push((room, fp, change));
+            }
+        }
+    }
+
+    /// Unstages first: a room taken out and staged again within the batch ends up staged.
+    async fn flush(&mut self, staging: &mut Staging) -> sqlx::Result<()> {
+        if !self.unstage.is_empty() {
+            staging.remove_rooms(&self.unstage).await?;
+        }
+        if !self.stage.is_empty() {
+            staging.add_rooms(&self.stage, &self.again).await?;
+        }
+        self.stage.clear();
+        self.again.clear();
+        self.unstage.clear();
+        Ok(())
+    }
+}
+
 /// What the ledger's fingerprints leave to look up by id at the end of the fetch.
 struct Tally {
     /// Distinct rooms in the listing.
