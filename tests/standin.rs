@@ -25,6 +25,13 @@ async fn sync(standin: &StandIn, db: &Path) -> RunReport {
         .await
         .unwrap();
     store.close().await;
+    // The apply writes with foreign-key enforcement off: every reference must still resolve.
+    let dangling = query(
+        db,
+        "SELECT \"table\" || ' row ' || rowid || ' -> ' || parent FROM pragma_foreign_key_check",
+    )
+    .await;
+    assert!(dangling.is_empty(), "dangling references: {dangling:?}");
     report
 }
 

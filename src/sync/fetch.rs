@@ -301,7 +301,7 @@ struct Tally {
 async fn tally(pool: &SqlitePool, ledger: &Ledger) -> sqlx::Result<Tally> {
     // A staged room that also came unchanged in another record is counted once.
     let staged: Vec<&str> = ledger.staged().collect();
-    let staged_and_unchanged = if staged.is_empty() {
+    let staged_and_unchanged = if staged.is_empty() || !ledger.any_seen_unchanged() {
         0
     } else {
         let stored = stored_fingerprints(pool, &staged).await?;

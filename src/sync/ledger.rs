@@ -108,6 +108,11 @@ impl Ledger {
         self.active.get(&fingerprint).copied().unwrap_or(false)
     }
 
+    /// Whether the listing brought any active room unchanged (none can, into an empty mirror).
+    pub fn any_seen_unchanged(&self) -> bool {
+        self.unchanged_seen > 0
+    }
+
     /// Fingerprints of the active rooms the listing did not bring unchanged: each is a room that
     /// changed (and is staged) or that is gone.
     pub fn unseen(&self) -> Vec<i64> {

@@ -121,6 +121,7 @@ impl TestEnv {
             .await
             .expect("run recorded");
         store.close().await;
+        assert_foreign_keys_hold(&settings.database.path).await;
         report
     }
 
@@ -285,6 +286,21 @@ pub fn page_request(k: usize) -> wiremock::MockBuilder {
     } else {
         m.and(query_param("nextToken", (100 + k as i64).to_string()))
     }
+}
+
+/// Every reference in the mirror resolves. The apply writes with SQLite's foreign-key
+/// enforcement off (it only writes references to rows it keeps or writes itself); every
+/// sync in the tests checks that this holds.
+pub async fn assert_foreign_keys_hold(db: &Path) {
+    let pool = open_pool(db).await;
+    let violations: Vec<String> = sqlx::query_scalar(
+        "SELECT \"table\" || ' row ' || rowid || ' -> ' || parent FROM pragma_foreign_key_check",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    assert!(violations.is_empty(), "dangling references: {violations:?}");
 }
 
 /// Runs SQL (several statements allowed) on its own writable connection to `db`, creating the
