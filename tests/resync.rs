@@ -441,3 +441,55 @@ async fn records_a_staging_batch_apart_keep_the_later_one() {
         vec![r#"["room_name","labels"]"#]
     );
 }
+
+#[tokio::test]
+async fn fingerprints_are_kept_for_active_rooms_only_and_a_stale_one_misleads_nothing() {
+    let env = TestEnv::new().await;
+    let (a, b) = (room("a", "A", &[1], Some(1)), room("b", "B", &[2], None));
+    env.reset_upstream(&[vec![a.clone(), b.clone()]]).await;
+    env.sync().await;
+    let b_fingerprint = env
+        .scalar("SELECT fingerprint FROM roomsync_room_fingerprints WHERE room_id = 'b'")
+        .await;
+
+    env.reset_upstream(&[vec![a.clone()]]).await;
+    assert_eq!(env.sync().await.counts.unwrap().removed, 1);
+    assert_eq!(
+        env.rows("SELECT room_id FROM roomsync_room_fingerprints")
+            .await,
+        vec!["a"],
+        "a removed room's fingerprint goes with it"
+    );
+
+    // A mirror edited by hand keeps the removed room's fingerprint: the room, back unchanged,
+    // is still restored rather than taken for an unchanged active room.
+    write_sql(
+        &env.db,
+        &format!("INSERT INTO roomsync_room_fingerprints VALUES ('b', {b_fingerprint})"),
+    )
+    .await;
+    env.reset_upstream(&[vec![a.clone(), b.clone()]]).await;
+    let c = env.sync().await.counts.unwrap();
+    assert_eq!((c.seen, c.added, c.updated, c.removed), (2, 1, 0, 0));
+    assert_eq!(
+        env.rows("SELECT change FROM room_changes WHERE room_id = 'b' ORDER BY change_id")
+            .await,
+        vec!["added", "removed", "restored"]
+    );
+    assert_eq!(
+        env.scalar("SELECT COUNT(*) FROM rooms WHERE removed_at IS NULL")
+            .await,
+        2
+    );
+
+    // Restored without any hand edit: the fingerprint comes back with the room.
+    env.reset_upstream(&[vec![a.clone()]]).await;
+    env.sync().await;
+    env.reset_upstream(&[vec![a, b]]).await;
+    assert_eq!(env.sync().await.counts.unwrap().added, 1);
+    assert_eq!(
+        env.rows("SELECT room_id FROM roomsync_room_fingerprints ORDER BY 1")
+            .await,
+        vec!["a", "b"]
+    );
+}

@@ -87,25 +87,30 @@ pub async fn apply(staging: &mut Staging, req: &ApplyRequest) -> sqlx::Result<Ap
     let mut tx = staging.connection().begin_with("BEGIN IMMEDIATE").await?;
     let now = now_rfc3339();
 
-    let active = count(
-        &mut tx,
-        "SELECT COUNT(*) FROM main.rooms WHERE removed_at IS NULL",
-    )
-    .await?;
     let would_remove = count(
         &mut tx,
-        "SELECT COUNT(*) FROM main.rooms
-         WHERE removed_at IS NULL AND room_id IN (SELECT room_id FROM temp.stage_removed)",
+        "SELECT COUNT(*) FROM temp.stage_removed AS s
+         JOIN main.rooms AS r ON r.room_id = s.room_id
+         WHERE r.removed_at IS NULL",
     )
     .await?;
-    let limit = removal_limit(active, req.max_removal_ratio);
-    if would_remove as f64 > limit && !req.allow_mass_removal {
-        tx.rollback().await?;
-        return Ok(ApplyOutcome::Guarded {
-            would_remove,
-            active,
-            limit,
-        });
+    // The limit is never below 5 rooms: only a larger removal needs the count of active rooms
+    // (a scan of the rooms table).
+    if would_remove as f64 > removal_limit(0, req.max_removal_ratio) && !req.allow_mass_removal {
+        let active = count(
+            &mut tx,
+            "SELECT COUNT(*) FROM main.rooms WHERE removed_at IS NULL",
+        )
+        .await?;
+        let limit = removal_limit(active, req.max_removal_ratio);
+        if would_remove as f64 > limit {
+            tx.rollback().await?;
+            return Ok(ApplyOutcome::Guarded {
+                would_remove,
+                active,
+                limit,
+            });
+        }
     }
 
     steps.mark("guard");
@@ -140,6 +145,14 @@ pub async fn apply(staging: &mut Staging, req: &ApplyRequest) -> sqlx::Result<Ap
         "UPDATE main.rooms SET removed_at = ?1
          WHERE removed_at IS NULL AND room_id IN (SELECT room_id FROM temp.stage_removed)",
         &[&now],
+    )
+    .await?;
+    // Fingerprints are kept for active rooms only (a restored room gets its row back below).
+    execute(
+        &mut tx,
+        "DELETE FROM main.roomsync_room_fingerprints
+         WHERE room_id IN (SELECT room_id FROM temp.stage_removed)",
+        &[],
     )
     .await?;
     execute(

@@ -18,16 +18,31 @@ pub struct Mirror {
 
 /// The fingerprints of the active rooms and the room counts. The fingerprints come as one JSON
 /// array: a row per room through the driver costs several times more at 100k rooms.
+///
+/// The apply keeps fingerprint rows for active rooms only, so the table is read alone; should
+/// it hold more rows than there are active rooms (a mirror edited by hand), the fingerprints
+/// are read again through the rooms table, since one of a removed or deleted room would pass a
+/// returning room for unchanged.
 pub async fn load_mirror(pool: &SqlitePool) -> sqlx::Result<Mirror> {
-    let (json, rooms, active_rooms): (String, i64, i64) = sqlx::query_as(
-        "SELECT (SELECT json_group_array(f.fingerprint)
-                 FROM rooms AS r JOIN roomsync_room_fingerprints AS f ON f.room_id = r.room_id
-                 WHERE r.removed_at IS NULL),
+    let (json, kept, rooms, active_rooms): (String, i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT json_group_array(fingerprint) FROM roomsync_room_fingerprints),
+                (SELECT COUNT(*) FROM roomsync_room_fingerprints),
                 (SELECT COUNT(*) FROM rooms),
                 (SELECT COUNT(*) FROM rooms WHERE removed_at IS NULL)",
     )
     .fetch_one(pool)
     .await?;
+    let json = if kept > active_rooms {
+        sqlx::query_scalar(
+            "SELECT json_group_array(f.fingerprint)
+             FROM rooms AS r JOIN roomsync_room_fingerprints AS f ON f.room_id = r.room_id
+             WHERE r.removed_at IS NULL",
+        )
+        .fetch_one(pool)
+        .await?
+    } else {
+        json
+    };
     let fingerprints = serde_json::from_str(&json).map_err(decode)?;
     Ok(Mirror {
         fingerprints,

@@ -204,7 +204,9 @@ async fn process_pages(
     let mut labels: BTreeMap<i64, Option<String>> = BTreeMap::new();
     let mut groups: HashMap<i64, Group> = HashMap::new();
     let mut pending = Pending::default();
+    let mut sort_time = std::time::Duration::ZERO;
     while let Some(rooms) = queue.recv().await {
+        let t0 = std::time::Instant::now();
         for room in rooms {
             for label in &room.labels {
                 // Later records win; compare first so the steady state allocates nothing.
@@ -221,6 +223,7 @@ async fn process_pages(
             let decision = ledger.observe(&room, fp);
             pending.sort(room, fp, decision);
         }
+        sort_time += t0.elapsed();
         if pending.len() >= STAGE_BATCH {
             if let Err(e) = pending.flush(&mut staging).await {
                 // Dropping the queue makes the fetcher stop at its next page.
@@ -228,6 +231,10 @@ async fn process_pages(
             }
         }
     }
+    tracing::debug!(
+        sort_ms = sort_time.as_millis() as u64,
+        "listing sorted by the ledger"
+    );
     if let Err(e) = pending.flush(&mut staging).await {
         return Err((store_failure(&observer, "staging rooms", e), Some(staging)));
     }
