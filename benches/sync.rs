@@ -78,14 +78,6 @@ async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, Duration) {
     (out, started.elapsed())
 }
 
-/// The fastest of three baseline runs: the reference each sync is compared with.
-async fn best_baseline(settings: &Settings) -> Duration {
-    best_of(3, |_| async {
-        baseline(settings).await;
-    })
-    .await
-}
-
 struct Row {
     what: String,
     rooms: usize,
@@ -113,34 +105,53 @@ impl Row {
     }
 }
 
-/// The best of `n` timed runs of `f` (each run gets its index).
-async fn best_of<F, Fut>(n: usize, mut f: F) -> Duration
+/// `n` rounds of a baseline run then a timed run of `f` (given the round's index): the best
+/// time of each. Alternating the two keeps a slow spell of the machine from landing on one
+/// side of the ratio only.
+async fn paired<F, Fut>(n: usize, settings: &Settings, mut f: F) -> (Duration, Duration)
 where
     F: FnMut(usize) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let mut best = Duration::MAX;
+    let (mut best, mut best_baseline) = (Duration::MAX, Duration::MAX);
     for i in 0..n {
+        let (_, t) = timed(baseline(settings)).await;
+        best_baseline = best_baseline.min(t);
         let ((), t) = timed(f(i)).await;
         best = best.min(t);
     }
-    best
+    (best, best_baseline)
 }
 
-/// Initial sync (best of two, each into a new database), then a resync without change and a
-/// resync with 5% changed (best of two each; the changed one against a fresh copy of the mirror
-/// each time), each with its own baseline (best of three).
+/// Rounds per measurement: more for the quick no-change resync, whose ratio the machine's
+/// noise moves most.
+const INITIAL_ROUNDS: usize = 3;
+const NO_CHANGE_ROUNDS: usize = 5;
+const CHANGED_ROUNDS: usize = 3;
+
+/// Initial syncs (each into a new database), then resyncs without change (of the first of
+/// them) and resyncs with 5% changed (each from one of the unchanged mirrors), each round
+/// paired with a baseline run.
 async fn run_size(rooms: usize, dir: &Path) -> Vec<Row> {
     let standin = StandIn::start(StandInConfig::new(OrgSpec::new(SEED, rooms)))
         .await
         .unwrap();
     let db = |name: &str| dir.join(format!("bench-{rooms}-{name}.db"));
     let settings_at = |name: &str| settings_for(&standin, db(name));
-    let base = best_baseline(&settings_at("x")).await;
+    let reference = settings_at("baseline");
     let mut rows = Vec::new();
+    let mut row = |what: &str, (time, baseline): (Duration, Duration), peak_mib: f64| {
+        rows.push(Row {
+            what: what.into(),
+            rooms,
+            time,
+            baseline,
+            peak_mib,
+        })
+    };
 
     let peak_reset = reset_peak();
-    let t = best_of(2, |i| {
+    let times = paired(INITIAL_ROUNDS, &reference, |i| {
         let settings = settings_at(&format!("initial{i}"));
         async move {
             let report = sync(&settings).await;
@@ -149,38 +160,24 @@ async fn run_size(rooms: usize, dir: &Path) -> Vec<Row> {
     })
     .await;
     let peak = if peak_reset { memory_mib().0 } else { f64::NAN };
-    rows.push(Row {
-        what: "initial sync (empty database)".into(),
-        rooms,
-        time: t,
-        baseline: base,
-        peak_mib: peak,
-    });
+    row("initial sync (empty database)", times, peak);
 
     let mirror = settings_at("initial0");
     reset_peak();
-    let t = best_of(2, |_| async {
+    let times = paired(NO_CHANGE_ROUNDS, &reference, |_| async {
         assert_eq!(sync(&mirror).await.counts.unwrap().updated, 0);
     })
     .await;
-    rows.push(Row {
-        what: "resync, no change".into(),
-        rooms,
-        time: t,
-        baseline: base,
-        peak_mib: memory_mib().0,
-    });
+    row("resync, no change", times, memory_mib().0);
 
     standin.set_org(OrgSpec {
         revision: 1,
         ..standin.org()
     });
-    let base_changed = best_baseline(&mirror).await;
     reset_peak();
-    let t = best_of(2, |i| {
-        // Each try starts from the unchanged mirror (initial1 for the first, then a copy).
-        let name = format!("initial{}", (i + 1) % 2);
-        let settings = settings_at(&name);
+    let times = paired(CHANGED_ROUNDS, &reference, |i| {
+        // Each round starts from a mirror of the unchanged organisation.
+        let settings = settings_at(&format!("initial{i}"));
         async move {
             assert_eq!(
                 sync(&settings).await.counts.unwrap().updated as usize,
@@ -189,13 +186,7 @@ async fn run_size(rooms: usize, dir: &Path) -> Vec<Row> {
         }
     })
     .await;
-    rows.push(Row {
-        what: "resync, 5% changed".into(),
-        rooms,
-        time: t,
-        baseline: base_changed,
-        peak_mib: memory_mib().0,
-    });
+    row("resync, 5% changed", times, memory_mib().0);
     standin.stop().await;
     assert_no_dangling_references(&db("initial0")).await;
     rows
