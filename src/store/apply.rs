@@ -89,9 +89,8 @@ pub async fn apply(staging: &mut Staging, req: &ApplyRequest) -> sqlx::Result<Ap
 
     let would_remove = count(
         &mut tx,
-        "SELECT COUNT(*) FROM temp.stage_removed AS s
-         JOIN main.rooms AS r ON r.room_id = s.room_id
-         WHERE r.removed_at IS NULL",
+        "SELECT COUNT(*) FROM main.rooms
+         WHERE removed_at IS NULL AND room_id IN (SELECT room_id FROM temp.stage_removed)",
     )
     .await?;
     // The limit is never below 5 rooms: only a larger removal needs the count of active rooms
