@@ -128,6 +128,7 @@ where
 const INITIAL_ROUNDS: usize = 3;
 const NO_CHANGE_ROUNDS: usize = 5;
 const CHANGED_ROUNDS: usize = 3;
+const LATENCY_ROUNDS: usize = 3;
 
 /// Initial syncs (each into a new database), then resyncs without change (of the first of
 /// them) and resyncs with 5% changed (each from one of the unchanged mirrors), each round
@@ -248,21 +249,28 @@ async fn main() {
     }
 
     // Latency: 100 pages, each answered after 20 ms. Pure waiting is 100 x 20 ms = 2 s.
-    // Measured for the initial sync and for the steady state, a resync without change.
+    // Measured for the initial sync (best of three, each into a new database) and for the
+    // steady state, a resync without change (best of three).
     let mut config = StandInConfig::new(OrgSpec::new(SEED, 10_000));
     config.page_latency = Duration::from_millis(20);
     let standin = StandIn::start(config).await.unwrap();
-    let settings = settings_for(&standin, dir.path().join("bench-latency.db"));
+    let latency_db =
+        |i: usize| settings_for(&standin, dir.path().join(format!("bench-latency{i}.db")));
     let waiting = Duration::from_millis(20 * 100);
     println!();
     let mut latency = Vec::new();
     for what in ["initial sync", "resync, no change"] {
-        let (report, t) = timed(sync(&settings)).await;
-        assert_eq!(report.pages_fetched, 100);
-        let ratio = t.as_secs_f64() / waiting.as_secs_f64();
+        let mut best = Duration::MAX;
+        for i in 0..LATENCY_ROUNDS {
+            let settings = latency_db(if what == "initial sync" { i } else { 0 });
+            let (report, t) = timed(sync(&settings)).await;
+            assert_eq!(report.pages_fetched, 100);
+            best = best.min(t);
+        }
+        let ratio = best.as_secs_f64() / waiting.as_secs_f64();
         println!(
             "latency run, {what}: 100 pages x 20 ms: {:.3}s against {:.3}s of pure waiting = {ratio:.3}x",
-            t.as_secs_f64(),
+            best.as_secs_f64(),
             waiting.as_secs_f64()
         );
         latency.push((what, ratio));
