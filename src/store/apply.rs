@@ -84,7 +84,7 @@ pub async fn apply(staging: &mut Staging, req: &ApplyRequest) -> sqlx::Result<Ap
         .execute(&mut *conn)
         .await?;
     let mut steps = Steps::start();
-    let mut tx = staging.connection().begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
     let now = now_rfc3339();
 
     let would_remove = count(
@@ -184,7 +184,7 @@ pub async fn apply(staging: &mut Staging, req: &ApplyRequest) -> sqlx::Result<Ap
     .bind(removed as i64)
     .execute(&mut *tx)
     .await?;
-    steps.mark("fingerprints");
+    steps.mark("removals, fingerprints");
     tx.commit().await?;
     steps.mark("commit");
     steps.log();
@@ -196,7 +196,7 @@ pub async fn apply(staging: &mut Staging, req: &ApplyRequest) -> sqlx::Result<Ap
 /// room whose fingerprint differs: `updated` with the names of the differing columns (and
 /// `labels` when the label set differs), or NULL when nothing differs.
 async fn settle_candidates(conn: &mut SqliteConnection) -> sqlx::Result<()> {
-    // A sync into an empty mirror staged every room as added: nothing to settle.
+    // Nothing staged as unknown (a sync into an empty mirror stages every room as added).
     let unknown: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM temp.stage_rooms WHERE change = 'unknown')",
     )
