@@ -1,6 +1,8 @@
 //! The sync against the built-in stand-in DingTalk API: larger organisations, revisions and
 //! scripted faults, and `roomsync --demo`.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -25,13 +27,7 @@ async fn sync(standin: &StandIn, db: &Path) -> RunReport {
         .await
         .unwrap();
     store.close().await;
-    // The apply writes with foreign-key enforcement off: every reference must still resolve.
-    let dangling = query(
-        db,
-        "SELECT \"table\" || ' row ' || rowid || ' -> ' || parent FROM pragma_foreign_key_check",
-    )
-    .await;
-    assert!(dangling.is_empty(), "dangling references: {dangling:?}");
+    common::assert_foreign_keys_hold(db).await;
     report
 }
 

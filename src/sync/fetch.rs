@@ -307,8 +307,13 @@ struct Tally {
 
 async fn tally(pool: &SqlitePool, ledger: &Ledger) -> sqlx::Result<Tally> {
     // A staged room that also came unchanged in another record is counted once.
-    let staged: Vec<&str> = ledger.staged().collect();
-    let staged_and_unchanged = if staged.is_empty() || !ledger.any_seen_unchanged() {
+    // None can be when no room came unchanged (always so into an empty mirror).
+    let staged: Vec<&str> = if ledger.any_seen_unchanged() {
+        ledger.staged().collect()
+    } else {
+        Vec::new()
+    };
+    let staged_and_unchanged = if staged.is_empty() {
         0
     } else {
         let stored = stored_fingerprints(pool, &staged).await?;
