@@ -214,8 +214,8 @@ impl Settings {
     }
 
     /// Settings for a run against a given endpoint without a config file (`--demo`, the
-    /// benchmark): page size 100, short retry delays, no client-side rate limit to speak of,
-    /// other keys at their defaults.
+    /// benchmark): the built-in defaults, except short retry delays and no client-side rate
+    /// limit to speak of.
     pub fn for_endpoint(
         base_url: Url,
         app_key: &str,
@@ -224,15 +224,16 @@ impl Settings {
         database: PathBuf,
     ) -> Settings {
         let raw = RawSettings::default();
+        let d = raw.dingtalk;
         Settings {
             dingtalk: DingTalkSettings {
                 base_url,
                 app_key: app_key.into(),
                 app_secret,
                 union_id: union_id.into(),
-                page_size: 100,
-                timeout: Duration::from_secs(30),
-                max_attempts: 5,
+                page_size: d.page_size as u32,
+                timeout: Duration::from_secs_f64(d.timeout_secs),
+                max_attempts: d.max_attempts as u32,
                 retry_base_delay: Duration::from_millis(50),
                 requests_per_second: 10_000.0,
             },

@@ -79,7 +79,7 @@ struct Attempts {
 }
 
 impl DingTalkClient {
-    pub fn new(cfg: DingTalkSettings, observer: Observer) -> anyhow::Result<Self> {
+    pub fn new(cfg: DingTalkSettings, observer: Observer) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
@@ -152,7 +152,7 @@ impl DingTalkClient {
                         parse_json::<T>(&body).map_err(|e| {
                             AttemptError::new(
                                 Verdict::Fatal,
-                                Failure::new(Stage::Validate, codes::BAD_RESPONSE, e),
+                                Failure::new(Stage::Validate, codes::BAD_RESPONSE, e.to_string()),
                             )
                         })
                     })

@@ -1,6 +1,6 @@
-//! The SQLite mirror: opening it safely, migrations, and the run/error records.
-//!
-//! Staging and the all-or-nothing apply live in [`staging`] and [`apply`].
+//! The SQLite mirror: opening it safely and migrating it. The run and error records live in
+//! [`runs`], the fingerprints of synced rooms in [`fingerprints`], staging and the
+//! all-or-nothing apply in [`staging`] and [`apply`].
 
 pub mod apply;
 pub mod fingerprints;
@@ -17,12 +17,14 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Connection};
 
+/// The schema's migrations, embedded in the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// How long a statement waits for another connection's lock before giving up. Readers never
 /// block a WAL writer; this covers another writer (the error recorder, a second process).
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why the mirror could not be opened; nothing was changed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{path} is not an SQLite database; refusing to touch it")]
@@ -122,14 +124,17 @@ impl Store {
         })
     }
 
+    /// The connection pool (one connection stays open while the store is).
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 
+    /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// Closes every connection.
     pub async fn close(self) {
         self.pool.close().await;
     }
@@ -140,8 +145,6 @@ pub fn known_schema_version() -> i64 {
     MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
 }
 
-/// Looks at an existing file without changing it: the SQLite header, then (read-only) the
-/// migration table.
 /// A read-only connection that never creates or changes the file (it may wait out a lock for up
 /// to [`BUSY_TIMEOUT`]).
 pub async fn open_read_only(path: &Path) -> sqlx::Result<sqlx::SqliteConnection> {
@@ -153,7 +156,8 @@ pub async fn open_read_only(path: &Path) -> sqlx::Result<sqlx::SqliteConnection>
         .await
 }
 
-/// Returns whether the file is already in WAL mode.
+/// Looks at an existing file without changing it: the SQLite header, then (read-only) the
+/// migration table. Returns whether the file is already in WAL mode.
 async fn preflight(path: &Path) -> Result<bool, StoreError> {
     let mut header = [0u8; 20];
     let len = match std::fs::File::open(path) {
@@ -228,5 +232,35 @@ impl StoreError {
             .and_then(|e| e.code())
             .and_then(|code| code.parse::<u32>().ok())
             .is_some_and(|code| matches!(code & 0xff, 5 | 6))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MIGRATOR;
+
+    /// sqlx refuses a database whose applied migrations differ from the binary's by checksum:
+    /// editing a released migration, even a comment in it, would lock every existing mirror
+    /// out. Add a migration instead.
+    #[test]
+    fn released_migrations_never_change() {
+        let released = [
+            (1, "99e9afc1687b2f4e"),
+            (2, "e6f44dc014611aee"),
+            (3, "305d1c67bdf1fcf5"),
+            (4, "9cbba6d118ff93f6"),
+            (5, "5e8f79bb8cb85f25"),
+        ];
+        for (version, checksum) in released {
+            let migration = MIGRATOR
+                .iter()
+                .find(|m| m.version == version)
+                .expect("released migrations stay");
+            let hex: String = migration.checksum[..8]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(hex, checksum, "migration {version} was edited");
+        }
     }
 }

@@ -1,5 +1,5 @@
-//! One sync run, the only sync path: `--sync-now`, the schedule and `--demo` all call
-//! [`run_sync`].
+//! One sync run, the only sync path: `--sync-now`, the schedule and `--demo` all start it
+//! through [`run_once`] or [`run_on`].
 //!
 //! 1. record the run (`running`), committed at once;
 //! 2. fetch the group list and every page of rooms, validating as they come; the run's
@@ -13,25 +13,26 @@
 mod fetch;
 mod ledger;
 
-pub use ledger::Change;
-
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::SqlitePool;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Settings;
 use crate::dingtalk::Observer;
 use crate::failure::{codes, Failure, Stage};
-use crate::lock::SyncLock;
+use crate::lock::{lock_path, SyncLock};
 use crate::store::apply::ApplyCounts;
 use crate::store::runs::{self, RunStatus, Trigger};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
+/// How a run was asked for.
 #[derive(Debug, Clone, Copy)]
 pub struct SyncOptions {
     pub trigger: Trigger,
@@ -52,12 +53,22 @@ pub struct RunReport {
     pub error: Option<String>,
 }
 
-/// The run could not even be recorded (the database refused the run row).
+/// Why a run did not take place, or could not be recorded.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot record the sync run in {path}: {source}")]
-pub struct RecordError {
-    path: String,
-    source: sqlx::Error,
+pub enum RunError {
+    /// Another sync of the same database holds the lock; nothing was done.
+    #[error("another sync of {} is running (lock {} is held); nothing was done", .database.display(), .lock.display())]
+    Locked { database: PathBuf, lock: PathBuf },
+    #[error("cannot take the sync lock {}: {source}", .lock.display())]
+    Lock {
+        lock: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Open(#[from] StoreError),
+    /// The run could not even be recorded (the database refused the run row).
+    #[error("cannot record the sync run in {path}: {source}")]
+    Record { path: String, source: sqlx::Error },
 }
 
 impl fmt::Display for RunReport {
@@ -89,24 +100,65 @@ impl fmt::Display for RunReport {
     }
 }
 
+/// One run as a one-shot process does it: take the sync lock (without waiting), open the
+/// database, run, close. Nothing is touched when the lock is held elsewhere.
+pub async fn run_once(
+    settings: &Settings,
+    options: SyncOptions,
+    shutdown: CancellationToken,
+) -> Result<RunReport, RunError> {
+    let db = &settings.database.path;
+    let lock = take_lock(settings)?;
+    let store = Store::open(db).await?;
+    let report = run_sync(&store, settings, options, &lock, shutdown).await;
+    store.close().await;
+    report
+}
+
+/// One run on a database kept open (the daemon's): take the sync lock (without waiting), run.
+pub async fn run_on(
+    store: &Store,
+    settings: &Settings,
+    options: SyncOptions,
+    shutdown: CancellationToken,
+) -> Result<RunReport, RunError> {
+    let lock = take_lock(settings)?;
+    run_sync(store, settings, options, &lock, shutdown).await
+}
+
+fn take_lock(settings: &Settings) -> Result<SyncLock, RunError> {
+    let db = &settings.database.path;
+    match SyncLock::try_acquire(db) {
+        Ok(Some(lock)) => Ok(lock),
+        Ok(None) => Err(RunError::Locked {
+            database: db.clone(),
+            lock: lock_path(db),
+        }),
+        Err(source) => Err(RunError::Lock {
+            lock: lock_path(db),
+            source,
+        }),
+    }
+}
+
 /// Why a run ended without applying.
-enum Stop {
+enum NotApplied {
     Failed(Failure),
     Interrupted,
 }
 
 /// Runs one sync. The caller holds the sync lock for the database (`_lock` is the proof).
 /// `shutdown` interrupts the fetch; an apply under way is left to complete or roll back whole.
-pub async fn run_sync(
+async fn run_sync(
     store: &Store,
     settings: &Settings,
     options: SyncOptions,
     _lock: &SyncLock,
     shutdown: CancellationToken,
-) -> Result<RunReport, RecordError> {
+) -> Result<RunReport, RunError> {
     let started = Instant::now();
     let pool = store.pool();
-    let record_err = |source| RecordError {
+    let record_err = |source| RunError::Record {
         path: store.path().display().to_string(),
         source,
     };
@@ -121,105 +173,132 @@ pub async fn run_sync(
         .await
         .map_err(record_err)?;
     let span = tracing::info_span!("sync_run", run_id, trigger = options.trigger.as_str());
-    let report = execute(store, settings, options, run_id, started, shutdown)
+    // The recorder task carries the run's span, as every task of the run does.
+    let (failures, recorder) = span.in_scope(|| FailureLog::start(pool.clone(), run_id));
+    let run = Run {
+        pool: pool.clone(),
+        settings,
+        options,
+        run_id,
+        shutdown,
+        failures,
+    };
+    let report = run
+        .execute(recorder, started)
         .instrument(span.clone())
         .await;
     span.in_scope(|| log_summary(&report));
     Ok(report)
 }
 
-async fn execute(
-    store: &Store,
-    settings: &Settings,
+/// One recorded run: what its fetch and apply work with.
+struct Run<'a> {
+    pool: SqlitePool,
+    settings: &'a Settings,
     options: SyncOptions,
     run_id: i64,
-    started: Instant,
     shutdown: CancellationToken,
-) -> RunReport {
-    let pool = store.pool().clone();
-    tracing::info!("sync run started");
+    failures: FailureLog,
+}
 
-    // Errors are recorded by a task of their own, each row committed as it comes.
-    let (errors_tx, errors_rx) = mpsc::unbounded_channel::<Failure>();
-    let recorder = tokio::spawn(record_errors(pool.clone(), run_id, errors_rx));
-    let observer: Observer = Arc::new(move |f: Failure| {
-        let _ = errors_tx.send(f);
-    });
+impl Run<'_> {
+    /// Fetches and applies, records how the run ended, and reports it. `recorder` is the task
+    /// writing the run's failures; it ends once every copy of `failures` is gone.
+    async fn execute(self, recorder: JoinHandle<()>, started: Instant) -> RunReport {
+        tracing::info!("sync run started");
+        let mut progress = FetchProgress::default();
+        let outcome = fetch::fetch_and_apply(&self, &mut progress).await;
+        let Run {
+            pool,
+            run_id,
+            failures,
+            ..
+        } = self;
+        drop(failures);
+        if recorder.await.is_err() {
+            tracing::error!("the error recorder stopped unexpectedly");
+        }
 
-    let mut progress = Progress::default();
-    let outcome = fetch::fetch_and_apply(
-        &pool,
-        settings,
-        options,
-        run_id,
-        &observer,
-        &mut progress,
-        shutdown,
-    )
-    .await;
-    drop(observer);
-    if recorder.await.is_err() {
-        tracing::error!("the error recorder stopped unexpectedly");
-    }
-
-    let (status, counts, error) = match outcome {
-        Ok(counts) => (RunStatus::Succeeded, Some(counts), None),
-        Err(Stop::Failed(f)) => (RunStatus::Failed, None, Some(f.to_string())),
-        Err(Stop::Interrupted) => (
-            RunStatus::Interrupted,
-            None,
-            Some(
-                "interrupted by a shutdown signal before the apply; nothing was changed"
-                    .to_string(),
+        let (status, counts, error) = match outcome {
+            Ok(counts) => (RunStatus::Succeeded, Some(counts), None),
+            Err(NotApplied::Failed(f)) => (RunStatus::Failed, None, Some(f.to_string())),
+            Err(NotApplied::Interrupted) => (
+                RunStatus::Interrupted,
+                None,
+                Some(
+                    "interrupted by a shutdown signal before the apply; nothing was changed"
+                        .to_string(),
+                ),
             ),
-        ),
-    };
-    if status != RunStatus::Succeeded {
-        let error = error.as_deref().unwrap_or_default();
-        if let Err(e) = runs::end_run_unapplied(
-            &pool,
+        };
+        if status != RunStatus::Succeeded {
+            let end = runs::UnappliedEnd {
+                status,
+                pages_fetched: progress.pages,
+                rooms_seen: progress.rooms_seen,
+                error: error.as_deref().unwrap_or_default(),
+            };
+            if let Err(e) = runs::end_run_unapplied(&pool, run_id, &end).await {
+                tracing::error!(error = %e, "could not record the end of the run");
+            }
+        }
+        RunReport {
             run_id,
             status,
-            progress.pages,
-            progress.rooms_seen,
+            pages_fetched: progress.pages,
+            rooms_seen: counts.map(|c| c.seen).or(progress.rooms_seen),
+            counts,
+            duration: started.elapsed(),
             error,
-        )
-        .await
-        {
-            tracing::error!(error = %e, "could not record the end of the run");
         }
-    }
-    RunReport {
-        run_id,
-        status,
-        pages_fetched: progress.pages,
-        rooms_seen: counts.map(|c| c.seen).or(progress.rooms_seen),
-        counts,
-        duration: started.elapsed(),
-        error,
     }
 }
 
 /// How far the fetch got, for the run record of a run that did not apply.
 #[derive(Default)]
-struct Progress {
+struct FetchProgress {
     pages: u32,
     rooms_seen: Option<u64>,
 }
 
-/// Hands a failure to the recorder and returns it.
-fn report(observer: &Observer, failure: Failure) -> Failure {
-    observer(failure.clone());
-    failure
+/// Where a run's failures go: each one is recorded in `sync_errors` as it happens, by a task
+/// of its own. The client reports its failed attempts here too.
+#[derive(Clone)]
+struct FailureLog(Observer);
+
+impl FailureLog {
+    /// Starts the recorder task of run `run_id`, in the current span.
+    fn start(pool: SqlitePool, run_id: i64) -> (FailureLog, JoinHandle<()>) {
+        let (errors_tx, errors_rx) = mpsc::unbounded_channel::<Failure>();
+        let recorder = tokio::spawn(record_errors(pool, run_id, errors_rx).in_current_span());
+        let log = FailureLog(Arc::new(move |f: Failure| {
+            let _ = errors_tx.send(f);
+        }));
+        (log, recorder)
+    }
+
+    /// Records `failure` and ends the run with it.
+    fn fail(&self, failure: Failure) -> NotApplied {
+        (self.0)(failure.clone());
+        NotApplied::Failed(failure)
+    }
+
+    /// Records a database error of the run (what it was `doing`) and ends the run with it.
+    fn store_failed(&self, doing: &str, e: sqlx::Error) -> NotApplied {
+        self.fail(Failure::new(
+            Stage::Store,
+            codes::DATABASE,
+            format!("{doing}: {e}"),
+        ))
+    }
+
+    /// The same log, as the client's observer of failed attempts.
+    fn observer(&self) -> Observer {
+        self.0.clone()
+    }
 }
 
-fn store_failure(observer: &Observer, doing: &str, e: sqlx::Error) -> Stop {
-    Stop::Failed(report(
-        observer,
-        Failure::new(Stage::Store, codes::DATABASE, format!("{doing}: {e}")),
-    ))
-}
-
+/// Writes each failure of run `run_id` as it comes, each row committed on its own.
 async fn record_errors(
     pool: SqlitePool,
     run_id: i64,
@@ -232,29 +311,30 @@ async fn record_errors(
     }
 }
 
+/// The run's one summary line, with its counts as fields.
 fn log_summary(report: &RunReport) {
-    let c = report.counts.unwrap_or_default();
-    let fields = (
-        report.pages_fetched,
-        report.rooms_seen.unwrap_or(0),
-        report.duration.as_millis() as u64,
-    );
+    let pages = report.pages_fetched;
+    let rooms_seen = report.rooms_seen.unwrap_or(0);
+    let duration_ms = report.duration.as_millis() as u64;
     match report.status {
-        RunStatus::Succeeded => tracing::info!(
-            status = "succeeded",
-            pages = fields.0,
-            rooms_seen = fields.1,
-            rooms_added = c.added,
-            rooms_updated = c.updated,
-            rooms_removed = c.removed,
-            duration_ms = fields.2,
-            "{report}"
-        ),
+        RunStatus::Succeeded => {
+            let c = report.counts.unwrap_or_default();
+            tracing::info!(
+                status = "succeeded",
+                pages,
+                rooms_seen,
+                rooms_added = c.added,
+                rooms_updated = c.updated,
+                rooms_removed = c.removed,
+                duration_ms,
+                "{report}"
+            )
+        }
         status => tracing::warn!(
             status = status.as_str(),
-            pages = fields.0,
-            rooms_seen = fields.1,
-            duration_ms = fields.2,
+            pages,
+            rooms_seen,
+            duration_ms,
             "{report}"
         ),
     }
