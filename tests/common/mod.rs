@@ -5,10 +5,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use roomsync::config::Settings;
-use roomsync::lock::SyncLock;
 use roomsync::store::runs::Trigger;
-use roomsync::store::Store;
-use roomsync::sync::{run_sync, RunReport, SyncOptions};
+use roomsync::sync::{run_once, RunReport, SyncOptions};
 use serde_json::{json, Value};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::Row;
@@ -107,20 +105,13 @@ impl TestEnv {
 
     pub async fn sync_with(&self, allow_mass_removal: bool) -> RunReport {
         let settings = self.settings();
-        let lock = SyncLock::try_acquire(&settings.database.path)
-            .unwrap()
-            .expect("lock is free");
-        let store = Store::open(&settings.database.path)
-            .await
-            .expect("database opens");
         let options = SyncOptions {
             trigger: Trigger::Manual,
             allow_mass_removal,
         };
-        let report = run_sync(&store, &settings, options, &lock, CancellationToken::new())
+        let report = run_once(&settings, options, CancellationToken::new())
             .await
             .expect("run recorded");
-        store.close().await;
         assert_foreign_keys_hold(&settings.database.path).await;
         report
     }
@@ -248,8 +239,21 @@ impl TestEnv {
     }
 
     pub async fn scalar(&self, sql: &str) -> i64 {
-        let pool = self.pool().await;
-        let n: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
+        self.try_scalar(sql).await.unwrap()
+    }
+
+    /// Like [`TestEnv::scalar`], for a database that another process may still be creating
+    /// (no file or no tables yet).
+    pub async fn try_scalar(&self, sql: &str) -> sqlx::Result<i64> {
+        let options = SqliteConnectOptions::new()
+            .filename(&self.db)
+            .read_only(true)
+            .busy_timeout(std::time::Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await?;
+        let n = sqlx::query_scalar(sql).fetch_one(&pool).await;
         pool.close().await;
         n
     }
@@ -317,7 +321,10 @@ pub async fn write_sql(db: &Path, sql: &str) {
 }
 
 pub async fn open_pool(db: &Path) -> SqlitePool {
-    let options = SqliteConnectOptions::new().filename(db).read_only(true);
+    let options = SqliteConnectOptions::new()
+        .filename(db)
+        .read_only(true)
+        .busy_timeout(std::time::Duration::from_secs(5));
     SqlitePoolOptions::new()
         .max_connections(1)
         .connect_with(options)
