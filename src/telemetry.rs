@@ -19,7 +19,7 @@ pub fn init(log: &LogSettings) {
         LogFormat::Json => builder
             .json()
             .with_current_span(true)
-            .with_span_list(false)
+            .with_span_list(true)
             .try_init(),
     };
 }

@@ -126,12 +126,11 @@ where
     }
 }
 
+/// Succeeded runs so far; 0 while the daemon is still creating the database.
 async fn succeeded_runs(env: &TestEnv) -> i64 {
-    if !env.db.exists() {
-        return 0;
-    }
-    env.scalar("SELECT COUNT(*) FROM sync_runs WHERE status = 'succeeded'")
+    env.try_scalar("SELECT COUNT(*) FROM sync_runs WHERE status = 'succeeded'")
         .await
+        .unwrap_or(0)
 }
 
 #[tokio::test]
