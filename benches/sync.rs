@@ -42,7 +42,9 @@ fn reset_peak() -> bool {
 
 /// Fetches and parses every page through the same client, storing nothing. Returns rooms seen.
 async fn baseline(settings: &Settings) -> (usize, u32) {
-    let client = DingTalkClient::new(settings.dingtalk.clone(), Arc::new(|_| {})).unwrap();
+    let redactor = roomsync::failure::Redactor::new(&settings.dingtalk.app_secret);
+    let client =
+        DingTalkClient::new(settings.dingtalk.clone(), Arc::new(|_| {}), redactor).unwrap();
     let (mut rooms, mut pages, mut next) = (0, 0u32, None);
     loop {
         let page = client.room_page(pages, next).await.expect("baseline page");

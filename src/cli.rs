@@ -80,6 +80,7 @@ pub fn main() -> ExitCode {
             level: "warn".into(),
             format: crate::config::LogFormat::Text,
         });
+        crate::telemetry::log_panics();
         return ExitCode::from(block_on(demo()));
     }
     let settings = match Settings::load(cli.config.as_deref()) {
@@ -90,6 +91,10 @@ pub fn main() -> ExitCode {
         }
     };
     crate::telemetry::init(&settings.log);
+    crate::telemetry::log_panics();
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
     ExitCode::from(block_on(async {
         match cli.command {
             Some(Command::Status { max_age, runs }) => status(&settings, max_age, runs).await,

@@ -71,6 +71,8 @@ impl Daemon {
     async fn open(settings: Settings) -> anyhow::Result<Daemon> {
         let db = settings.database.path.clone();
         let store = Store::open(&db).await?;
+        // Refuse now, before READY=1, a database every run would fail to write.
+        store.check_writable().await?;
         // Fail now, not at the first tick, when the lock file cannot be created.
         drop(SyncLock::try_acquire(&db).with_context(|| {
             format!(
@@ -149,10 +151,10 @@ impl Daemon {
             );
             return;
         }
-        let daemon = self.clone();
+        let busy = Busy(self.clone());
         self.runs.spawn(async move {
-            daemon.run_locked(trigger).await;
-            daemon.busy.store(false, Ordering::SeqCst);
+            busy.0.run_locked(trigger).await;
+            drop(busy);
         });
     }
 
@@ -181,6 +183,16 @@ impl Daemon {
                 ))]);
             }
         }
+    }
+}
+
+/// The daemon's busy flag while a run is under way: cleared when dropped, however the run
+/// ended, so that a run that went wrong never stops the schedule.
+struct Busy(Arc<Daemon>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.store(false, Ordering::SeqCst);
     }
 }
 

@@ -23,3 +23,21 @@ pub fn init(log: &LogSettings) {
             .try_init(),
     };
 }
+
+/// Panics go to the log as one line (a panicking run is recorded and the process goes on, so
+/// the default hook's lines on stderr would only be noise around the run's own summary).
+pub fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("no message");
+        let place = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(place, "panic: {message}");
+    }));
+}

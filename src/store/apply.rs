@@ -127,7 +127,7 @@ async fn prepare_connection(conn: &mut SqliteConnection) -> sqlx::Result<()> {
 }
 
 /// The mass-removal guard: `Some(Guarded)` when the listing would remove more active rooms
-/// than `max(5, ratio x active)` and the run may not.
+/// than `max(5, ratio x active)`, or every active room (an empty listing), and the run may not.
 async fn removal_guard(
     conn: &mut SqliteConnection,
     req: &ApplyRequest,
@@ -138,9 +138,21 @@ async fn removal_guard(
          WHERE removed_at IS NULL AND room_id IN (SELECT room_id FROM temp.stage_removed)",
     )
     .await?;
+    if req.allow_mass_removal || would_remove == 0 {
+        return Ok(None);
+    }
+    // An empty listing never wipes a mirror, however small: it is what a misconfigured app
+    // or a broken upstream sends.
+    if req.rooms_seen == 0 {
+        return Ok(Some(ApplyOutcome::Guarded {
+            would_remove,
+            active: would_remove,
+            limit: 0.0,
+        }));
+    }
     // The limit is never below 5 rooms: only a larger removal needs the count of active rooms
     // (a scan of the rooms table).
-    if would_remove as f64 <= removal_limit(0, req.max_removal_ratio) || req.allow_mass_removal {
+    if would_remove as f64 <= removal_limit(0, req.max_removal_ratio) {
         return Ok(None);
     }
     let active = count(

@@ -44,6 +44,8 @@ pub enum StoreError {
     },
     #[error("database {path}: {source}")]
     Sqlx { path: PathBuf, source: sqlx::Error },
+    #[error("database {path} cannot be written ({source}); check the owner and mode of the file, its -wal and -shm files and its directory")]
+    NotWritable { path: PathBuf, source: sqlx::Error },
     #[error("database {path}: migration failed: {source}")]
     Migrate {
         path: PathBuf,
@@ -122,6 +124,25 @@ impl Store {
             pool,
             path: path.into(),
         })
+    }
+
+    /// Proves the database, its `-wal` and `-shm` files can be written: a write transaction
+    /// that records nothing. A database opened read-only (its file not writable) fails here.
+    pub async fn check_writable(&self) -> Result<(), StoreError> {
+        let sqlx_err = |source| StoreError::NotWritable {
+            path: self.path.clone(),
+            source,
+        };
+        let mut conn = self.pool.acquire().await.map_err(sqlx_err)?;
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *conn)
+            .await
+            .map_err(sqlx_err)?;
+        sqlx::query("ROLLBACK")
+            .execute(&mut *conn)
+            .await
+            .map_err(sqlx_err)?;
+        Ok(())
     }
 
     /// The connection pool (one connection stays open while the store is).

@@ -64,13 +64,18 @@ pub async fn close_abandoned_runs(pool: &SqlitePool) -> sqlx::Result<u64> {
     Ok(done.rows_affected())
 }
 
-/// Records a new run, `running`; returns its id.
+/// Records a new run, `running`; returns its id once the row is committed. (Not with
+/// `RETURNING`: its row comes back before the statement's commit, whose failure, on a full
+/// disk, would then go unnoticed and the id would name a run that does not exist.)
 pub async fn start_run(pool: &SqlitePool, trigger: Trigger) -> sqlx::Result<i64> {
-    sqlx::query_scalar("INSERT INTO sync_runs (trigger, started_at, status) VALUES (?1, ?2, 'running') RETURNING run_id")
-        .bind(trigger.as_str())
-        .bind(now_rfc3339())
-        .fetch_one(pool)
-        .await
+    let done = sqlx::query(
+        "INSERT INTO sync_runs (trigger, started_at, status) VALUES (?1, ?2, 'running')",
+    )
+    .bind(trigger.as_str())
+    .bind(now_rfc3339())
+    .execute(pool)
+    .await?;
+    Ok(done.last_insert_rowid())
 }
 
 /// How a run that did not apply ended, and how far it got.

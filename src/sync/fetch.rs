@@ -48,8 +48,12 @@ pub(super) async fn fetch_and_apply(
     progress: &mut FetchProgress,
 ) -> Result<ApplyCounts, NotApplied> {
     let failures = &run.failures;
-    let client = DingTalkClient::new(run.settings.dingtalk.clone(), failures.observer())
-        .map_err(|e| failures.fail(Failure::new(Stage::Fetch, codes::CONNECTION, e.to_string())))?;
+    let client = DingTalkClient::new(
+        run.settings.dingtalk.clone(),
+        failures.observer(),
+        failures.redactor.clone(),
+    )
+    .map_err(|e| failures.fail(Failure::new(Stage::Fetch, codes::CONNECTION, e.to_string())))?;
     let conn = run
         .pool
         .acquire()
@@ -122,11 +126,19 @@ async fn fetch_listing(
         })?;
         groups.push(group);
     }
-    let mut followed: HashSet<i64> = HashSet::new();
-    let mut next_token = None;
+    let mut cursor = Cursor::default();
+    let max_pages = client.settings().max_pages;
     for page in 0u32.. {
+        if page >= max_pages {
+            let message = format!(
+                "more than dingtalk.max_pages ({max_pages}) pages in one run; stopping rather than \
+                 following the listing without end"
+            );
+            let failure = Failure::new(Stage::Validate, codes::RUNAWAY_PAGINATION, message);
+            return Err(failures.fail(failure.on_page(Some(page))));
+        }
         let body = client
-            .room_page(page, next_token)
+            .room_page(page, cursor.next_token)
             .await
             .map_err(NotApplied::Failed)?;
         progress.pages += 1;
@@ -141,25 +153,75 @@ async fn fetch_listing(
             .map(|(i, raw)| raw.validate(i))
             .collect::<Result<Vec<Room>, _>>()
             .map_err(|e| invalid(codes::BAD_RESPONSE, e.to_string()))?;
+        let asked = client.settings().page_size as usize;
+        if rooms.len() > asked {
+            let message = format!(
+                "the page has {} rooms, more than the {asked} asked for (maxResults)",
+                rooms.len()
+            );
+            return Err(invalid(codes::BAD_RESPONSE, message));
+        }
         tracing::debug!(page, rooms = rooms.len(), has_more = ?body.has_more, "page fetched");
-        if pages.send(rooms).await.is_err() || body.has_more != Some(true) {
+        let more = body.has_more == Some(true);
+        let empty = rooms.is_empty();
+        if pages.send(rooms).await.is_err() || !more {
             return Ok(groups);
         }
-        next_token = match body.next_token {
-            None => {
-                let message = "hasMore is true but no nextToken was given".to_string();
-                return Err(invalid(codes::MISSING_NEXT_TOKEN, message));
-            }
-            Some(t) if !followed.insert(t) => {
-                let message = format!(
-                    "nextToken {t} was already followed in this run; stopping rather than looping"
-                );
-                return Err(invalid(codes::REPEATED_NEXT_TOKEN, message));
-            }
-            Some(t) => Some(t),
-        };
+        cursor
+            .follow(body.next_token, empty)
+            .map_err(|f| failures.fail(f.on_page(Some(page))))?;
     }
     unreachable!("the page loop only ends by returning")
+}
+
+/// Where the listing goes next, and what keeps it from going round in circles.
+#[derive(Default)]
+struct Cursor {
+    next_token: Option<i64>,
+    followed: HashSet<i64>,
+    /// Empty pages in a row that still promised more.
+    empty_in_a_row: u32,
+}
+
+/// Empty pages with `hasMore` tolerated in a row before the listing counts as runaway.
+const MAX_EMPTY_PAGES_IN_A_ROW: u32 = 3;
+
+impl Cursor {
+    /// Moves to the page after one that said `hasMore`.
+    fn follow(&mut self, next_token: Option<i64>, page_was_empty: bool) -> Result<(), Failure> {
+        let invalid = |code, message| Failure::new(Stage::Validate, code, message);
+        self.empty_in_a_row = if page_was_empty {
+            self.empty_in_a_row + 1
+        } else {
+            0
+        };
+        if self.empty_in_a_row > MAX_EMPTY_PAGES_IN_A_ROW {
+            return Err(invalid(
+                codes::RUNAWAY_PAGINATION,
+                format!(
+                    "{} empty pages in a row say hasMore; stopping rather than following the \
+                     listing without end",
+                    self.empty_in_a_row
+                ),
+            ));
+        }
+        match next_token {
+            None => Err(invalid(
+                codes::MISSING_NEXT_TOKEN,
+                "hasMore is true but no nextToken was given".to_string(),
+            )),
+            Some(t) if !self.followed.insert(t) => Err(invalid(
+                codes::REPEATED_NEXT_TOKEN,
+                format!(
+                    "nextToken {t} was already followed in this run; stopping rather than looping"
+                ),
+            )),
+            Some(t) => {
+                self.next_token = Some(t);
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Sorts each queued room with the ledger and stages what is new, changed or back. Hands the
@@ -170,6 +232,7 @@ async fn process_pages(
     queue: mpsc::Receiver<Vec<Room>>,
     failures: FailureLog,
 ) -> Processed {
+    crate::failure::panic_if_asked_in_tests();
     let sorted = match load_mirror_summary(&pool).await {
         Ok(mirror) => sort_and_stage(Ledger::new(mirror), &mut staging, queue, &failures).await,
         Err(e) => Err(failures.store_failed("reading the mirror", e)),
@@ -367,15 +430,21 @@ async fn apply_listing(
             would_remove,
             active,
             limit,
-        }) => Err(failures.fail(Failure::new(
-            Stage::Store,
-            codes::REMOVAL_GUARD,
-            format!(
-                "the listing would remove {would_remove} of {active} active rooms, more than the limit of \
-                 {limit:.0} (max(5, sync.max_removal_ratio x active)); nothing was changed. If this is \
-                 intended, run once with --sync-now --allow-mass-removal"
-            ),
-        ))),
+        }) => {
+            let why = if tally.rooms_seen == 0 {
+                format!("the listing is empty and would remove all {active} active rooms")
+            } else {
+                format!(
+                    "the listing would remove {would_remove} of {active} active rooms, more than \
+                     the limit of {limit:.0} (max(5, sync.max_removal_ratio x active))"
+                )
+            };
+            let message = format!(
+                "{why}; nothing was changed. If this is intended, run once with --sync-now \
+                 --allow-mass-removal"
+            );
+            Err(failures.fail(Failure::new(Stage::Store, codes::REMOVAL_GUARD, message)))
+        }
         Err(e) => Err(failures.store_failed("applying the listing", e)),
     }
 }

@@ -14,10 +14,12 @@ mod fetch;
 mod ledger;
 
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt as _;
 use sqlx::SqlitePool;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -26,7 +28,7 @@ use tracing::Instrument;
 
 use crate::config::Settings;
 use crate::dingtalk::Observer;
-use crate::failure::{codes, Failure, Stage};
+use crate::failure::{codes, Failure, Redactor, Stage};
 use crate::lock::{lock_path, SyncLock};
 use crate::store::apply::ApplyCounts;
 use crate::store::runs::{self, RunStatus, Trigger};
@@ -66,8 +68,9 @@ pub enum RunError {
     },
     #[error(transparent)]
     Open(#[from] StoreError),
-    /// The run could not even be recorded (the database refused the run row).
-    #[error("cannot record the sync run in {path}: {source}")]
+    /// The run could not even be recorded (the database refused the run row); no run id
+    /// was given out.
+    #[error("run not recorded: the database {path} refused the run record: {source}")]
     Record { path: String, source: sqlx::Error },
 }
 
@@ -174,7 +177,9 @@ async fn run_sync(
         .map_err(record_err)?;
     let span = tracing::info_span!("sync_run", run_id, trigger = options.trigger.as_str());
     // The recorder task carries the run's span, as every task of the run does.
-    let (failures, recorder) = span.in_scope(|| FailureLog::start(pool.clone(), run_id));
+    let redactor = Redactor::new(&settings.dingtalk.app_secret);
+    let (failures, recorder) =
+        span.in_scope(|| FailureLog::start(pool.clone(), run_id, redactor.clone()));
     let run = Run {
         pool: pool.clone(),
         settings,
@@ -183,12 +188,69 @@ async fn run_sync(
         shutdown,
         failures,
     };
-    let report = run
-        .execute(recorder, started)
+    // A panic is a bug, but it must not take the process (or the daemon's schedule) with it:
+    // the run is recorded failed and the caller goes on. Release builds keep unwinding for this.
+    let execution = AssertUnwindSafe(run.execute(recorder, started))
+        .catch_unwind()
         .instrument(span.clone())
         .await;
+    let report = match execution {
+        Ok(report) => report,
+        Err(panic) => {
+            let failure = redactor.failure(Failure::new(
+                Stage::Internal,
+                codes::PANIC,
+                format!(
+                    "the run panicked: {}; this is a bug in roomsync, nothing was changed",
+                    panic_message(panic.as_ref())
+                ),
+            ));
+            let report = record_panic(pool, run_id, failure, started);
+            report.instrument(span.clone()).await
+        }
+    };
     span.in_scope(|| log_summary(&report));
     Ok(report)
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message")
+}
+
+/// Records a run that panicked as failed, with its `internal.panic` error.
+async fn record_panic(
+    pool: &SqlitePool,
+    run_id: i64,
+    failure: Failure,
+    started: Instant,
+) -> RunReport {
+    tracing::error!(error = %failure, "a sync run panicked");
+    let error = failure.to_string();
+    if let Err(e) = runs::record_error(pool, run_id, &failure).await {
+        tracing::error!(error = %e, "could not record a sync error");
+    }
+    let end = runs::UnappliedEnd {
+        status: RunStatus::Failed,
+        pages_fetched: 0,
+        rooms_seen: None,
+        error: &error,
+    };
+    if let Err(e) = runs::end_run_unapplied(pool, run_id, &end).await {
+        tracing::error!(error = %e, "could not record the end of the run");
+    }
+    RunReport {
+        run_id,
+        status: RunStatus::Failed,
+        pages_fetched: 0,
+        rooms_seen: None,
+        counts: None,
+        duration: started.elapsed(),
+        error: Some(error),
+    }
 }
 
 /// One recorded run: what its fetch and apply work with.
@@ -264,22 +326,29 @@ struct FetchProgress {
 /// Where a run's failures go: each one is recorded in `sync_errors` as it happens, by a task
 /// of its own. The client reports its failed attempts here too.
 #[derive(Clone)]
-struct FailureLog(Observer);
+struct FailureLog {
+    record: Observer,
+    redactor: Redactor,
+}
 
 impl FailureLog {
-    /// Starts the recorder task of run `run_id`, in the current span.
-    fn start(pool: SqlitePool, run_id: i64) -> (FailureLog, JoinHandle<()>) {
+    /// Starts the recorder task of run `run_id`, in the current span. Every failure is
+    /// redacted before it is recorded.
+    fn start(pool: SqlitePool, run_id: i64, redactor: Redactor) -> (FailureLog, JoinHandle<()>) {
         let (errors_tx, errors_rx) = mpsc::unbounded_channel::<Failure>();
         let recorder = tokio::spawn(record_errors(pool, run_id, errors_rx).in_current_span());
-        let log = FailureLog(Arc::new(move |f: Failure| {
-            let _ = errors_tx.send(f);
-        }));
+        let scrub = redactor.clone();
+        let record: Observer = Arc::new(move |f: Failure| {
+            let _ = errors_tx.send(scrub.failure(f));
+        });
+        let log = FailureLog { record, redactor };
         (log, recorder)
     }
 
     /// Records `failure` and ends the run with it.
     fn fail(&self, failure: Failure) -> NotApplied {
-        (self.0)(failure.clone());
+        let failure = self.redactor.failure(failure);
+        (self.record)(failure.clone());
         NotApplied::Failed(failure)
     }
 
@@ -294,7 +363,7 @@ impl FailureLog {
 
     /// The same log, as the client's observer of failed attempts.
     fn observer(&self) -> Observer {
-        self.0.clone()
+        self.record.clone()
     }
 }
 

@@ -29,6 +29,8 @@ pub struct TestEnv {
     pub server: MockServer,
     pub db: PathBuf,
     pub config: PathBuf,
+    /// The config's `page_size`, which the listing mocks expect as `maxResults`.
+    pub page_size: std::cell::Cell<u32>,
 }
 
 impl TestEnv {
@@ -47,6 +49,7 @@ impl TestEnv {
             server,
             db,
             config,
+            page_size: std::cell::Cell::new(2),
         };
         env.write_config(dingtalk, tail);
         env
@@ -80,6 +83,11 @@ impl TestEnv {
             text.push_str(line);
             text.push('\n');
         }
+        let page_size = dingtalk
+            .lines()
+            .find_map(|l| l.strip_prefix("page_size = ")?.trim().parse().ok())
+            .unwrap_or(2);
+        self.page_size.set(page_size);
         text.push_str(dingtalk);
         text.push_str(&format!(
             "\n\n[database]\npath = \"{}\"\n\n{tail}\n",
@@ -104,7 +112,13 @@ impl TestEnv {
     }
 
     pub async fn sync_with(&self, allow_mass_removal: bool) -> RunReport {
-        let settings = self.settings();
+        self.sync_settings(self.settings(), allow_mass_removal)
+            .await
+    }
+
+    /// One run with `settings` as given (the library takes values the config file's ranges
+    /// keep out, such as a timeout below a second).
+    pub async fn sync_settings(&self, settings: Settings, allow_mass_removal: bool) -> RunReport {
         let options = SyncOptions {
             trigger: Trigger::Manual,
             allow_mass_removal,
@@ -161,7 +175,8 @@ impl TestEnv {
     pub async fn mount_listing(&self, pages: &[Vec<Value>], expect: Option<u64>) {
         for (k, rooms) in pages.iter().enumerate() {
             let next_token = (k + 1 < pages.len()).then_some(101 + k as i64);
-            let mock = page_request(k).respond_with(page(rooms, next_token));
+            let mock =
+                page_request_of(k, self.page_size.get()).respond_with(page(rooms, next_token));
             match expect {
                 Some(n) => mock.expect(n).mount(&self.server).await,
                 None => mock.mount(&self.server).await,
@@ -280,11 +295,16 @@ pub fn page(rooms: &[Value], next_token: Option<i64>) -> ResponseTemplate {
 
 /// The request for page `k` of the listing, with the token header and query the API wants.
 pub fn page_request(k: usize) -> wiremock::MockBuilder {
+    page_request_of(k, 2)
+}
+
+/// Like [`page_request`], for a config whose `page_size` is `size`.
+pub fn page_request_of(k: usize, size: u32) -> wiremock::MockBuilder {
     let m = Mock::given(method("GET"))
         .and(path(ROOMS_PATH))
         .and(header("x-acs-dingtalk-access-token", TOKEN))
         .and(query_param("unionId", UNION_ID))
-        .and(query_param("maxResults", "2"));
+        .and(query_param("maxResults", size.to_string()));
     if k == 0 {
         m.and(query_param_is_missing("nextToken"))
     } else {
