@@ -62,11 +62,25 @@ pub async fn close_abandoned_runs(pool: &SqlitePool) -> sqlx::Result<u64> {
     Ok(done.rows_affected())
 }
 
+/// Records the start of a run (status `running`); its id.
+///
+/// First a PASSIVE checkpoint, the kind SQLite runs by itself after a commit (never TRUNCATE or
+/// RESTART, which Litestream forbids): a reader may have held back the one after the last
+/// apply. Once the WAL is copied back whole, this insert restarts it from the beginning and
+/// SQLite trims the file to `journal_size_limit` ([`super::WAL_SIZE_LIMIT`]). A checkpoint that
+/// cannot finish (a reader, Litestream's read lock) leaves the WAL as it is; that is no error.
 pub async fn start_run(pool: &SqlitePool, trigger: Trigger) -> sqlx::Result<i64> {
+    let mut conn = pool.acquire().await?;
+    if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+        .execute(&mut *conn)
+        .await
+    {
+        tracing::debug!(error = %e, "checkpoint before the run failed");
+    }
     sqlx::query_scalar("INSERT INTO sync_runs (trigger, started_at, status) VALUES (?1, ?2, 'running') RETURNING run_id")
         .bind(trigger.as_str())
         .bind(now_rfc3339())
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await
 }
 
