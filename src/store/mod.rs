@@ -193,8 +193,11 @@ async fn preflight(path: &Path) -> Result<bool, StoreError> {
         source,
     };
     let mut conn = open_read_only(path).await.map_err(sqlx_err)?;
+    // Litestream's bookkeeping tables (`_litestream_seq`, `_litestream_lock`) say nothing about
+    // whose database it is: Litestream may create them before roomsync's first migration.
     let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'
+           AND name NOT IN ('_litestream_seq', '_litestream_lock')",
     )
     .fetch_all(&mut conn)
     .await
