@@ -194,6 +194,16 @@ async fn end_to_end(kind: Kind) {
     litestream.assert_running();
     // SIGTERM: Litestream ships what is left, then exits.
     assert_eq!(litestream.terminate(Duration::from_secs(60)).await, 0);
+    let log = litestream.log();
+    let trouble: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("level=ERROR") || l.contains("level=WARN"))
+        .collect();
+    assert!(
+        trouble.is_empty(),
+        "Litestream complained:\n{}",
+        trouble.join("\n")
+    );
 
     site.check_the_reader(LARGE_ROOMS).await;
     site.check_a_restored_mirror_syncs_as_a_primary(&standin)
