@@ -190,6 +190,7 @@ async fn end_to_end(kind: Kind) {
     standin.set_org(large);
     site.wait_for_revision(&mut daemon, large).await;
     assert_eq!(daemon.terminate(Duration::from_secs(10)).await, 0);
+    site.assert_runs_clean().await;
     watch.finish().await;
     litestream.assert_running();
     // SIGTERM: Litestream ships what is left, then exits.

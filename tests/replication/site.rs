@@ -285,6 +285,34 @@ impl Site {
         );
     }
 
+    /// Every run of the primary succeeded but the one SIGTERM interrupted, and none recorded an
+    /// error: Litestream working beside roomsync (its locks, its checkpoints) never failed a run.
+    pub async fn assert_runs_clean(&self) {
+        let mut conn = open_read_only(&self.primary).await.unwrap();
+        let statuses: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM sync_runs GROUP BY status ORDER BY 1")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        let errors: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sync_errors")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        let count = |s: &str| {
+            statuses
+                .iter()
+                .find(|(st, _)| st == s)
+                .map_or(0, |(_, n)| *n)
+        };
+        let all: i64 = statuses.iter().map(|(_, n)| n).sum();
+        assert!(
+            count("interrupted") <= 1 && count("succeeded") + count("interrupted") == all,
+            "runs: {statuses:?}"
+        );
+        assert_eq!(errors, 0, "errors were recorded");
+    }
+
     /// Restores until a restore equals `primary` table by table (the replica has caught up);
     /// that restore's digests.
     async fn converge(&self, primary: &[TableDigest]) -> Vec<TableDigest> {
