@@ -24,6 +24,13 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 /// block a WAL writer; this covers another writer (the error recorder, a second process).
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The size SQLite trims the `-wal` file back to when roomsync restarts the WAL after a
+/// checkpoint (the start of every run, [`runs::start_run`]). Without it the file keeps the size
+/// of the largest transaction ever written (an initial sync of a large organisation) for as
+/// long as roomsync runs. 4 MiB: about the 1,000 pages at which SQLite and Litestream
+/// checkpoint.
+pub const WAL_SIZE_LIMIT: u64 = 4 * 1024 * 1024;
+
 /// Why the mirror could not be opened; nothing was changed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -95,6 +102,10 @@ impl Store {
             // NORMAL is durable across application crashes in WAL mode and much cheaper than FULL.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
+            // The -wal file shrinks back to this size when roomsync restarts the WAL. roomsync's
+            // checkpoints are all PASSIVE (SQLite's automatic ones, one as a run starts): no
+            // TRUNCATE, RESTART or VACUUM, as Litestream asks (docs/replication.md).
+            .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string())
             .foreign_keys(true);
         if !already_wal {
             // WAL: readers keep reading the previous state while a sync applies the new one.
@@ -207,8 +218,11 @@ async fn preflight(path: &Path) -> Result<bool, StoreError> {
         source,
     };
     let mut conn = open_read_only(path).await.map_err(sqlx_err)?;
+    // Litestream's bookkeeping tables (`_litestream_seq`, `_litestream_lock`) say nothing about
+    // whose database it is: Litestream may create them before roomsync's first migration.
     let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'
+           AND name NOT IN ('_litestream_seq', '_litestream_lock')",
     )
     .fetch_all(&mut conn)
     .await

@@ -64,16 +64,29 @@ pub async fn close_abandoned_runs(pool: &SqlitePool) -> sqlx::Result<u64> {
     Ok(done.rows_affected())
 }
 
-/// Records a new run, `running`; returns its id once the row is committed. (Not with
+/// Records the start of a run (status `running`); its id, once the row is committed. (Not with
 /// `RETURNING`: its row comes back before the statement's commit, whose failure, on a full
 /// disk, would then go unnoticed and the id would name a run that does not exist.)
+///
+/// First a PASSIVE checkpoint, the kind SQLite runs by itself after a commit (never TRUNCATE or
+/// RESTART, which Litestream forbids): a reader may have held back the one after the last
+/// apply. Once the WAL is copied back whole, this insert restarts it from the beginning and
+/// SQLite trims the file to `journal_size_limit` ([`super::WAL_SIZE_LIMIT`]). A checkpoint that
+/// cannot finish (a reader, Litestream's read lock) leaves the WAL as it is; that is no error.
 pub async fn start_run(pool: &SqlitePool, trigger: Trigger) -> sqlx::Result<i64> {
+    let mut conn = pool.acquire().await?;
+    if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+        .execute(&mut *conn)
+        .await
+    {
+        tracing::debug!(error = %e, "checkpoint before the run failed");
+    }
     let done = sqlx::query(
         "INSERT INTO sync_runs (trigger, started_at, status) VALUES (?1, ?2, 'running')",
     )
     .bind(trigger.as_str())
     .bind(now_rfc3339())
-    .execute(pool)
+    .execute(&mut *conn)
     .await?;
     Ok(done.last_insert_rowid())
 }
