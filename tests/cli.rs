@@ -3,7 +3,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -12,40 +12,6 @@ use serde_json::json;
 use wiremock::ResponseTemplate;
 
 const BIN: &str = env!("CARGO_BIN_EXE_roomsync");
-
-fn roomsync(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("ROOMSYNC_CONFIG")
-        .env_remove("CREDENTIALS_DIRECTORY");
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
-}
-
-/// `roomsync --sync-now --config <env's config>` run off the async runtime.
-async fn sync_now(env: &TestEnv, extra_env: &[(&str, &str)]) -> Output {
-    let config = env.config.to_str().unwrap().to_string();
-    let extra: Vec<(String, String)> = extra_env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    tokio::task::spawn_blocking(move || {
-        let envs: Vec<(&str, &str)> = extra
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        roomsync(&["--sync-now", "--config", &config], &envs)
-    })
-    .await
-    .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 #[tokio::test]
 async fn a_successful_sync_exits_0_with_a_one_line_summary() {

@@ -8,38 +8,6 @@ use serde_json::json;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, ResponseTemplate};
 
-/// A mirror holding a first complete sync (3 rooms), with a clean upstream mock removed.
-async fn synced_env() -> (TestEnv, String) {
-    let env = TestEnv::new().await;
-    env.reset_upstream(&rooms_in_pages(3)).await;
-    assert_eq!(env.sync().await.status.as_str(), "succeeded");
-    let snapshot = env.data_snapshot().await;
-    env.server.reset().await;
-    (env, snapshot)
-}
-
-/// Checks the run failed, changed nothing, and says `expected` in its error.
-async fn assert_failed_untouched(env: &TestEnv, before: &str, report: &RunReport, expected: &str) {
-    assert_eq!(report.status.as_str(), "failed", "{report}");
-    let error = report.error.as_deref().unwrap();
-    assert!(
-        error.contains(expected),
-        "error {error:?} should mention {expected:?}"
-    );
-    assert_eq!(
-        env.data_snapshot().await,
-        before,
-        "a failed run must not change the mirror"
-    );
-    let row = env
-        .rows(&format!(
-            "SELECT status || '|' || error FROM sync_runs WHERE run_id = {}",
-            report.run_id
-        ))
-        .await;
-    assert_eq!(row, vec![format!("failed|{error}")]);
-}
-
 fn dingtalk_error(status: u16, code: &str) -> ResponseTemplate {
     ResponseTemplate::new(status)
         .insert_header("x-acs-request-id", "hdr-req-1")

@@ -138,22 +138,20 @@ impl Store {
     }
 
     /// Proves the database, its `-wal` and `-shm` files can be written: a write transaction
-    /// that records nothing. A database opened read-only (its file not writable) fails here.
+    /// that records nothing. (`BEGIN IMMEDIATE` alone is not enough: in WAL mode it only takes
+    /// the write lock in the `-shm` file, and succeeds on a database file it cannot write.)
     pub async fn check_writable(&self) -> Result<(), StoreError> {
         let sqlx_err = |source| StoreError::NotWritable {
             path: self.path.clone(),
             source,
         };
         let mut conn = self.pool.acquire().await.map_err(sqlx_err)?;
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut *conn)
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(sqlx_err)?;
+        sqlx::query("CREATE TABLE main.roomsync_write_check (x INTEGER)")
+            .execute(&mut *tx)
             .await
             .map_err(sqlx_err)?;
-        sqlx::query("ROLLBACK")
-            .execute(&mut *conn)
-            .await
-            .map_err(sqlx_err)?;
-        Ok(())
+        tx.rollback().await.map_err(sqlx_err)
     }
 
     /// The connection pool (one connection stays open while the store is).

@@ -1,7 +1,7 @@
 //! `sync_runs` and `sync_errors`: every run and every error, each committed on its own so the
 //! record survives whatever happens to the run afterwards.
 
-use sqlx::SqlitePool;
+use sqlx::{SqliteConnection, SqlitePool};
 
 use crate::failure::Failure;
 
@@ -100,12 +100,43 @@ pub struct UnappliedEnd<'a> {
     pub error: &'a str,
 }
 
-/// Ends a run that did not apply: `failed` or `interrupted`, with what was fetched so far.
+/// Ends a run that did not apply: `failed` or `interrupted`, with what was fetched so far,
+/// together with the run's error rows that could not be written as they came (`unrecorded`),
+/// in one transaction.
+///
+/// On a full disk the first try can fail where a second succeeds: a PASSIVE checkpoint (the
+/// kind SQLite runs by itself, allowed beside Litestream) lets the next write restart the WAL
+/// from its beginning, in space the file already has.
 pub async fn end_run_unapplied(
     pool: &SqlitePool,
     run_id: i64,
     end: &UnappliedEnd<'_>,
+    unrecorded: &[Failure],
 ) -> sqlx::Result<()> {
+    let Err(first) = write_end(pool, run_id, end, unrecorded).await else {
+        return Ok(());
+    };
+    tracing::warn!(error = %first, "could not record the end of the run; checkpointing and trying again");
+    let _ = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+        .execute(pool)
+        .await;
+    if write_end(pool, run_id, end, unrecorded).await.is_ok() {
+        return Ok(());
+    }
+    // The run row alone, one page: its error text says what the rows would have.
+    write_end(pool, run_id, end, &[]).await
+}
+
+async fn write_end(
+    pool: &SqlitePool,
+    run_id: i64,
+    end: &UnappliedEnd<'_>,
+    unrecorded: &[Failure],
+) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    for failure in unrecorded {
+        insert_error(&mut tx, run_id, failure).await?;
+    }
     sqlx::query(
         "UPDATE sync_runs SET status = ?2, finished_at = ?3, pages_fetched = ?4, rooms_seen = ?5, error = ?6
          WHERE run_id = ?1",
@@ -116,13 +147,18 @@ pub async fn end_run_unapplied(
     .bind(end.pages_fetched)
     .bind(end.rooms_seen.map(|n| n as i64))
     .bind(end.error)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
-    Ok(())
+    tx.commit().await
 }
 
-/// Records one error of a run in `sync_errors`.
+/// Records one error of a run in `sync_errors`, committed on its own.
 pub async fn record_error(pool: &SqlitePool, run_id: i64, f: &Failure) -> sqlx::Result<()> {
+    let mut conn = pool.acquire().await?;
+    insert_error(&mut conn, run_id, f).await
+}
+
+async fn insert_error(conn: &mut SqliteConnection, run_id: i64, f: &Failure) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO sync_errors
              (run_id, occurred_at, stage, page, http_status, error_code, message, request_id, retried)
@@ -137,7 +173,7 @@ pub async fn record_error(pool: &SqlitePool, run_id: i64, f: &Failure) -> sqlx::
     .bind(&f.message)
     .bind(f.request_id.as_deref())
     .bind(f.retried)
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(())
 }

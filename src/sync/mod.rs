@@ -53,6 +53,9 @@ pub struct RunReport {
     pub counts: Option<ApplyCounts>,
     pub duration: Duration,
     pub error: Option<String>,
+    /// Why the end of the run could not be recorded (it stays `running` until the next run
+    /// marks it interrupted), when it could not: a full disk, say.
+    pub end_not_recorded: Option<String>,
 }
 
 /// Why a run did not take place, or could not be recorded.
@@ -99,7 +102,15 @@ impl fmt::Display for RunReport {
                 self.rooms_seen.unwrap_or(0),
                 error.as_deref().unwrap_or("no error recorded")
             ),
+        }?;
+        if let Some(why) = &self.end_not_recorded {
+            write!(
+                f,
+                " (the end of the run could not be recorded: {why}; it shows as running until \
+                 the next run marks it interrupted)"
+            )?;
         }
+        Ok(())
     }
 }
 
@@ -230,16 +241,14 @@ async fn record_panic(
 ) -> RunReport {
     tracing::error!(error = %failure, "a sync run panicked");
     let error = failure.to_string();
-    if let Err(e) = runs::record_error(pool, run_id, &failure).await {
-        tracing::error!(error = %e, "could not record a sync error");
-    }
     let end = runs::UnappliedEnd {
         status: RunStatus::Failed,
         pages_fetched: 0,
         rooms_seen: None,
         error: &error,
     };
-    if let Err(e) = runs::end_run_unapplied(pool, run_id, &end).await {
+    let recorded = runs::end_run_unapplied(pool, run_id, &end, &[failure]).await;
+    if let Err(e) = &recorded {
         tracing::error!(error = %e, "could not record the end of the run");
     }
     RunReport {
@@ -250,6 +259,7 @@ async fn record_panic(
         counts: None,
         duration: started.elapsed(),
         error: Some(error),
+        end_not_recorded: recorded.err().map(|e| e.to_string()),
     }
 }
 
@@ -266,7 +276,7 @@ struct Run<'a> {
 impl Run<'_> {
     /// Fetches and applies, records how the run ended, and reports it. `recorder` is the task
     /// writing the run's failures; it ends once every copy of `failures` is gone.
-    async fn execute(self, recorder: JoinHandle<()>, started: Instant) -> RunReport {
+    async fn execute(self, recorder: JoinHandle<Vec<Failure>>, started: Instant) -> RunReport {
         tracing::info!("sync run started");
         let mut progress = FetchProgress::default();
         let outcome = fetch::fetch_and_apply(&self, &mut progress).await;
@@ -277,9 +287,10 @@ impl Run<'_> {
             ..
         } = self;
         drop(failures);
-        if recorder.await.is_err() {
+        let unrecorded = recorder.await.unwrap_or_else(|_| {
             tracing::error!("the error recorder stopped unexpectedly");
-        }
+            Vec::new()
+        });
 
         let (status, counts, error) = match outcome {
             Ok(counts) => (RunStatus::Succeeded, Some(counts), None),
@@ -293,6 +304,7 @@ impl Run<'_> {
                 ),
             ),
         };
+        let mut end_not_recorded = None;
         if status != RunStatus::Succeeded {
             let end = runs::UnappliedEnd {
                 status,
@@ -300,8 +312,14 @@ impl Run<'_> {
                 rooms_seen: progress.rooms_seen,
                 error: error.as_deref().unwrap_or_default(),
             };
-            if let Err(e) = runs::end_run_unapplied(&pool, run_id, &end).await {
+            if let Err(e) = runs::end_run_unapplied(&pool, run_id, &end, &unrecorded).await {
                 tracing::error!(error = %e, "could not record the end of the run");
+                end_not_recorded = Some(e.to_string());
+            }
+        } else if !unrecorded.is_empty() {
+            // Retried attempts of a run that then succeeded: best effort, as they came.
+            for failure in &unrecorded {
+                let _ = runs::record_error(&pool, run_id, failure).await;
             }
         }
         RunReport {
@@ -312,6 +330,7 @@ impl Run<'_> {
             counts,
             duration: started.elapsed(),
             error,
+            end_not_recorded,
         }
     }
 }
@@ -333,8 +352,12 @@ struct FailureLog {
 
 impl FailureLog {
     /// Starts the recorder task of run `run_id`, in the current span. Every failure is
-    /// redacted before it is recorded.
-    fn start(pool: SqlitePool, run_id: i64, redactor: Redactor) -> (FailureLog, JoinHandle<()>) {
+    /// redacted before it is recorded; the task hands back those it could not write.
+    fn start(
+        pool: SqlitePool,
+        run_id: i64,
+        redactor: Redactor,
+    ) -> (FailureLog, JoinHandle<Vec<Failure>>) {
         let (errors_tx, errors_rx) = mpsc::unbounded_channel::<Failure>();
         let recorder = tokio::spawn(record_errors(pool, run_id, errors_rx).in_current_span());
         let scrub = redactor.clone();
@@ -367,17 +390,21 @@ impl FailureLog {
     }
 }
 
-/// Writes each failure of run `run_id` as it comes, each row committed on its own.
+/// Writes each failure of run `run_id` as it comes, each row committed on its own; returns
+/// those it could not write (a full disk), for the end of the run to try again.
 async fn record_errors(
     pool: SqlitePool,
     run_id: i64,
     mut errors: mpsc::UnboundedReceiver<Failure>,
-) {
+) -> Vec<Failure> {
+    let mut unrecorded = Vec::new();
     while let Some(failure) = errors.recv().await {
         if let Err(e) = runs::record_error(&pool, run_id, &failure).await {
             tracing::error!(error = %e, failure = %failure, "could not record a sync error");
+            unrecorded.push(failure);
         }
     }
+    unrecorded
 }
 
 /// The run's one summary line, with its counts as fields.

@@ -1,6 +1,10 @@
 //! Shared test fixtures: a wiremock DingTalk, a config file pointing at it, a real SQLite file.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod daemon;
+
+use std::process::{Command, Output};
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -14,6 +18,8 @@ use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 use wiremock::matchers::{body_json, header, method, path, query_param, query_param_is_missing};
 use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const BIN: &str = env!("CARGO_BIN_EXE_roomsync");
 
 pub const APP_KEY: &str = "test-app-key";
 pub const SECRET: &str = "sEcReT-app-secret-4f9a2c71";
@@ -94,6 +100,12 @@ impl TestEnv {
             self.db.display()
         ));
         std::fs::write(&self.config, text).unwrap();
+        // It holds the secret: readable by its owner only, as an operator would keep it.
+        std::fs::set_permissions(
+            &self.config,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
     }
 
     /// Points the config at `base_url` instead of the mock server.
@@ -406,4 +418,77 @@ pub fn rooms_in_pages(n: usize) -> Vec<Vec<Value>> {
         .map(|i| room(&format!("r{i:03}"), &format!("Room {i}"), &[1], Some(1)))
         .collect();
     rooms.chunks(2).map(|c| c.to_vec()).collect()
+}
+
+/// The real binary with `args`, `envs` set and the environment of the test run cleared of
+/// roomsync's own variables.
+pub fn roomsync(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("ROOMSYNC_CONFIG")
+        .env_remove("CREDENTIALS_DIRECTORY");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+/// `roomsync --sync-now --config <env's config>` run off the async runtime.
+pub async fn sync_now(env: &TestEnv, extra_env: &[(&str, &str)]) -> Output {
+    let config = env.config.to_str().unwrap().to_string();
+    let extra: Vec<(String, String)> = extra_env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let envs: Vec<(&str, &str)> = extra
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        roomsync(&["--sync-now", "--config", &config], &envs)
+    })
+    .await
+    .unwrap()
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A mirror holding a first complete sync (3 rooms), with a clean upstream mock removed.
+pub async fn synced_env() -> (TestEnv, String) {
+    let env = TestEnv::new().await;
+    env.reset_upstream(&rooms_in_pages(3)).await;
+    assert_eq!(env.sync().await.status.as_str(), "succeeded");
+    let snapshot = env.data_snapshot().await;
+    env.server.reset().await;
+    (env, snapshot)
+}
+
+/// Checks the run failed, changed nothing, and says `expected` in its error.
+pub async fn assert_failed_untouched(
+    env: &TestEnv,
+    before: &str,
+    report: &RunReport,
+    expected: &str,
+) {
+    assert_eq!(report.status.as_str(), "failed", "{report}");
+    let error = report.error.as_deref().unwrap();
+    assert!(
+        error.contains(expected),
+        "error {error:?} should mention {expected:?}"
+    );
+    assert_eq!(
+        env.data_snapshot().await,
+        before,
+        "a failed run must not change the mirror"
+    );
+    let row = env
+        .rows(&format!(
+            "SELECT status || '|' || error FROM sync_runs WHERE run_id = {}",
+            report.run_id
+        ))
+        .await;
+    assert_eq!(row, vec![format!("failed|{error}")]);
 }
