@@ -2,7 +2,8 @@
 //!
 //! Layout: [`config`] (settings), [`dingtalk`] (the API client), [`store`] (the database),
 //! [`sync`] (one run), [`lock`] (one run at a time), [`daemon`] (the schedule),
-//! [`status`] (monitoring), [`cli`] (the command line).
+//! [`status`] (monitoring), [`cli`] (the command line), [`manual`] (man pages and completions
+//! from the command line's definition).
 
 pub mod cli;
 pub mod config;
@@ -11,6 +12,7 @@ pub mod demo;
 pub mod dingtalk;
 pub mod failure;
 pub mod lock;
+pub mod manual;
 pub mod standin;
 pub mod status;
 pub mod store;
