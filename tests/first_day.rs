@@ -336,7 +336,7 @@ fn effective_uid() -> u32 {
 async fn a_reader_who_cannot_write_the_directory_opens_a_stopped_mirror() {
     let env = TestEnv::new().await;
     env.reset_upstream(&rooms_in_pages(3)).await;
-    // Readable by others (tempdir makes it 0700): the reader gets read access, never write.
+    // Readable by others: the reader gets read access, never write.
     std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let dir = env.dir.path().join("mirror");
     std::fs::create_dir(&dir).unwrap();
@@ -556,4 +556,43 @@ async fn a_stand_in_revision_changes_one_room_in_twenty() {
         "{}",
         text(&out.stdout)
     );
+}
+
+#[tokio::test]
+async fn status_tells_a_reader_outside_the_group_that_it_may_not_read() {
+    let env = TestEnv::new().await;
+    env.reset_upstream(&rooms_in_pages(3)).await;
+    env.sync().await;
+    // A directory of mode 0700: root reads it, nobody (or a non-root runner, with it made 0000)
+    // not.
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let root = effective_uid() == 0;
+    let mut cmd = if root {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", BIN]);
+        c
+    } else {
+        std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o000)).unwrap();
+        Command::new(BIN)
+    };
+    // The config must stay readable: put a copy where the reader can see it.
+    let config = std::env::temp_dir().join(format!("roomsync-status-{}.toml", std::process::id()));
+    std::fs::copy(&env.config, &config).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = cmd
+        .args(["status", "--config", config.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    std::fs::remove_file(&config).unwrap();
+    if !root {
+        std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Permission denied") && stderr.contains("group"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("no sync has run yet"), "{stderr}");
 }
