@@ -1,4 +1,5 @@
-//! An operator's first day without the container: clean logs on a pipe, bad log levels and the
+//! An operator's first day without the container: clean logs on a pipe (colours only on a
+//! terminal without NO_COLOR, via util-linux `script`), bad log levels and the
 //! template's placeholders refused, `status` without credentials, reading a stopped mirror as
 //! a user who cannot write its directory, and `roomsync stand-in`.
 
@@ -595,4 +596,44 @@ async fn status_tells_a_reader_outside_the_group_that_it_may_not_read() {
         "{stderr}"
     );
     assert!(!stderr.contains("no sync has run yet"), "{stderr}");
+}
+
+/// `roomsync --sync-now` on a pseudo-terminal (util-linux `script`), its output as seen there.
+async fn sync_now_on_a_terminal(env: &TestEnv, no_color: Option<&str>) -> String {
+    let command = format!("{BIN} --sync-now --config {}", env.config.display());
+    let no_color = no_color.map(str::to_string);
+    tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new("script");
+        cmd.args(["--quiet", "--return", "--command", &command, "/dev/null"])
+            .env_remove("RUST_LOG")
+            .env_remove("NO_COLOR")
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null());
+        if let Some(v) = no_color {
+            cmd.env("NO_COLOR", v);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+        text(&out.stdout)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn colours_only_on_a_terminal_without_no_color() {
+    let env = TestEnv::new().await;
+    env.reset_upstream(&rooms_in_pages(3)).await;
+    let shown = sync_now_on_a_terminal(&env, None).await;
+    assert!(shown.contains("sync run 1 succeeded"), "{shown}");
+    assert!(
+        shown.contains("\u{1b}["),
+        "no colours on a terminal:\n{shown}"
+    );
+    let shown = sync_now_on_a_terminal(&env, Some("1")).await;
+    assert!(shown.contains("sync run 2 succeeded"), "{shown}");
+    assert!(
+        !shown.contains('\u{1b}'),
+        "colours despite NO_COLOR:\n{shown}"
+    );
 }
