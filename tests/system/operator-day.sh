@@ -10,6 +10,8 @@
 # status`, a stop during a slow fetch, the watchdog, then remove and purge.
 #
 # Usage: tests/system/operator-day.sh path/to/roomsync_<version>-1_<arch>.deb
+# The rootfs tarball is cached in $ROOMSYNC_SYSTEST_CACHE (default /var/cache/roomsync-systest),
+# keyed on the suite and the package list.
 # Needs root, systemd-nspawn (systemd-container), mmdebstrap and a kernel that allows the
 # namespaces and cgroups nspawn uses; prints one line and exits 0 when it cannot run here.
 # Leaves no container, mount, cgroup or process behind, whatever happens (trap cleanup).
@@ -18,7 +20,7 @@ set -euo pipefail
 DEB=${1:?usage: $0 path/to/roomsync.deb}
 SUITE=bookworm
 INCLUDE=systemd,systemd-sysv,dbus,sqlite3,passwd
-CACHE_DIR=${ROOMSYSTEST_CACHE:-/var/cache/roomsync-systest}
+CACHE_DIR=${ROOMSYNC_SYSTEST_CACHE:-/var/cache/roomsync-systest}
 PORT=8089
 ROOMS=250
 SECRET=standin-app-secret-0000
@@ -164,7 +166,11 @@ rootfs_tarball() {
     if [ ! -s "$tarball" ]; then
         mkdir -p "$CACHE_DIR"
         echo "building the $SUITE rootfs (mmdebstrap, cached in $tarball)" >&2
-        mmdebstrap --quiet --variant=minbase --include="$INCLUDE" "$SUITE" "$tarball.tmp.$$" >&2
+        if ! mmdebstrap --quiet --format=tar --variant=minbase --include="$INCLUDE" "$SUITE" \
+            "$tarball.tmp.$$" >&2; then
+            rm -f "$tarball.tmp.$$"
+            return 1
+        fi
         mv "$tarball.tmp.$$" "$tarball"
     fi
     printf '%s\n' "$tarball"
@@ -179,8 +185,10 @@ child_of() {
 }
 
 boot() {
+    local tarball
+    tarball=$(rootfs_tarball)
     mkdir -p "$ROOT"
-    tar -C "$ROOT" -xf "$(rootfs_tarball)"
+    tar -C "$ROOT" -xf "$tarball"
     cp "$DEB" "$ROOT/root/roomsync.deb"
     local root
     for root in "${CGROUP_ROOTS[@]}"; do mkdir "$root/$CGROUP_NAME"; done
