@@ -307,9 +307,11 @@ async fn status_needs_only_the_database_path() {
 /// `nobody` (setpriv); otherwise ourselves, with `dir` made read-only.
 fn status_as_reader(config: &Path, dir: &Path) -> Output {
     let root = effective_uid() == 0;
+    let bin = binary_for_nobody();
     let mut cmd = if root {
         let mut c = Command::new("setpriv");
-        c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", BIN]);
+        c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+            .arg(&bin.1);
         c
     } else {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555)).unwrap();
@@ -324,6 +326,18 @@ fn status_as_reader(config: &Path, dir: &Path) -> Output {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     out
+}
+
+/// The binary where `nobody` may run it (the build directory may sit below one it cannot
+/// enter, a checkout under /root say): a hard link, or a copy, in a directory of its own.
+fn binary_for_nobody() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path().join("roomsync");
+    if std::fs::hard_link(BIN, &path).is_err() {
+        std::fs::copy(BIN, &path).unwrap();
+    }
+    (dir, path)
 }
 
 /// The effective uid, from /proc (no libc needed).
@@ -568,9 +582,11 @@ async fn status_tells_a_reader_outside_the_group_that_it_may_not_read() {
     // not.
     std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let root = effective_uid() == 0;
+    let bin = binary_for_nobody();
     let mut cmd = if root {
         let mut c = Command::new("setpriv");
-        c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", BIN]);
+        c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+            .arg(&bin.1);
         c
     } else {
         std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o000)).unwrap();
