@@ -5,7 +5,8 @@
 //! Targets: initial 100k-room sync within 3x the baseline, no-change resync within 1.3x, peak
 //! memory under 100 MB at 100k rooms, 100 pages at 20 ms latency within 1.1x of pure waiting.
 //! Options (environment): ROOMSYNC_BENCH_SIZES=1000,10000 to choose sizes;
-//! RUST_LOG=roomsync::sync=debug for the phase timings of each run.
+//! RUST_LOG=roomsync::sync=debug,roomsync::store=debug for the phase timings of each run and
+//! the apply's step timings.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,11 +14,9 @@ use std::time::{Duration, Instant};
 
 use roomsync::config::Settings;
 use roomsync::dingtalk::DingTalkClient;
-use roomsync::lock::SyncLock;
 use roomsync::standin::{settings_for, OrgSpec, StandIn, StandInConfig};
 use roomsync::store::runs::{RunStatus, Trigger};
-use roomsync::store::Store;
-use roomsync::sync::{run_sync, RunReport, SyncOptions};
+use roomsync::sync::{run_once, RunReport, SyncOptions};
 use tokio_util::sync::CancellationToken;
 
 const SEED: u64 = 20261125;
@@ -43,7 +42,9 @@ fn reset_peak() -> bool {
 
 /// Fetches and parses every page through the same client, storing nothing. Returns rooms seen.
 async fn baseline(settings: &Settings) -> (usize, u32) {
-    let client = DingTalkClient::new(settings.dingtalk.clone(), Arc::new(|_| {})).unwrap();
+    let redactor = roomsync::failure::Redactor::new(&settings.dingtalk.app_secret);
+    let client =
+        DingTalkClient::new(settings.dingtalk.clone(), Arc::new(|_| {}), redactor).unwrap();
     let (mut rooms, mut pages, mut next) = (0, 0u32, None);
     loop {
         let page = client.room_page(pages, next).await.expect("baseline page");
@@ -57,17 +58,13 @@ async fn baseline(settings: &Settings) -> (usize, u32) {
 }
 
 async fn sync(settings: &Settings) -> RunReport {
-    let db = &settings.database.path;
-    let lock = SyncLock::try_acquire(db).unwrap().unwrap();
-    let store = Store::open(db).await.unwrap();
     let options = SyncOptions {
         trigger: Trigger::Manual,
         allow_mass_removal: true,
     };
-    let report = run_sync(&store, settings, options, &lock, CancellationToken::new())
+    let report = run_once(settings, options, CancellationToken::new())
         .await
         .unwrap();
-    store.close().await;
     assert_eq!(report.status, RunStatus::Succeeded, "{report}");
     report
 }
@@ -219,7 +216,8 @@ async fn main() {
         return;
     }
     if std::env::var("RUST_LOG").is_ok() {
-        // Phase timings of each run, e.g. RUST_LOG=roomsync::sync=debug.
+        // Phase and apply-step timings of each run:
+        // RUST_LOG=roomsync::sync=debug,roomsync::store=debug.
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .init();

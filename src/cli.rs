@@ -7,10 +7,9 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::lock::SyncLock;
+use crate::signal::ShutdownSignals;
 use crate::store::runs::{RunStatus, Trigger};
-use crate::store::Store;
-use crate::sync::{run_sync, RunReport, SyncOptions};
+use crate::sync::{run_once, RunError, RunReport, SyncOptions};
 
 /// Exit codes: a contract for scripts and monitoring.
 pub mod exit {
@@ -112,6 +111,7 @@ pub fn main() -> ExitCode {
             level: "warn".into(),
             format: crate::config::LogFormat::Text,
         });
+        crate::telemetry::log_panics();
         return ExitCode::from(block_on(demo()));
     }
     if let Some(command) = cli.command {
@@ -125,6 +125,10 @@ pub fn main() -> ExitCode {
         }
     };
     crate::telemetry::init(&settings.log);
+    crate::telemetry::log_panics();
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
     ExitCode::from(block_on(async {
         if cli.sync_now {
             sync_now(&settings, cli.allow_mass_removal).await
@@ -150,6 +154,7 @@ fn run_command(command: Command, config: Option<&std::path::Path>) -> u8 {
                 level: "warn".into(),
                 format: crate::config::LogFormat::Text,
             });
+            crate::telemetry::log_panics();
             block_on(status(&database.path, max_age, runs))
         }
         Command::StandIn(args) => {
@@ -161,6 +166,7 @@ fn run_command(command: Command, config: Option<&std::path::Path>) -> u8 {
                 return exit::USAGE;
             }
             crate::telemetry::init(&crate::config::LogSettings::default());
+            crate::telemetry::log_panics();
             block_on(stand_in(args))
         }
     }
@@ -168,8 +174,7 @@ fn run_command(command: Command, config: Option<&std::path::Path>) -> u8 {
 
 /// `stand-in`: serves until SIGTERM/SIGINT (exit 0); 1 when the address cannot be bound.
 async fn stand_in(args: StandInArgs) -> u8 {
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let shutdown = cancel_on_signal();
     let mut org = crate::standin::OrgSpec::new(args.seed, args.rooms as usize);
     org.revision = args.revision;
     let mut config = crate::standin::StandInConfig::new(org);
@@ -191,36 +196,27 @@ fn block_on(mode: impl std::future::Future<Output = u8>) -> u8 {
     runtime.block_on(mode)
 }
 
-/// The exit code of a one-shot run; `success` prints what a succeeded run leaves on stdout,
-/// anything else is one line on stderr.
-fn run_outcome<E: std::fmt::Display>(
-    outcome: Result<RunReport, E>,
-    success: impl FnOnce(&RunReport) -> String,
-) -> u8 {
-    match outcome {
-        Ok(report) if report.status == RunStatus::Succeeded => {
-            println!("{}", success(&report));
-            exit::OK
-        }
-        Ok(report) => {
-            eprintln!("roomsync: {report}");
-            exit::FAILED
-        }
-        Err(e) => {
-            eprintln!("roomsync: {e}");
-            exit::FAILED
-        }
+/// The exit code of a one-shot run that was recorded; `success` prints what a succeeded run
+/// leaves on stdout, anything else is one line on stderr.
+fn report_outcome(report: &RunReport, success: impl FnOnce(&RunReport) -> String) -> u8 {
+    if report.status == RunStatus::Succeeded {
+        println!("{}", success(report));
+        exit::OK
+    } else {
+        eprintln!("roomsync: {report}");
+        exit::FAILED
     }
 }
 
 /// `--demo`: the stand-in, one sync into ./roomsync-demo.db, and queries to try.
 async fn demo() -> u8 {
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let outcome = crate::demo::run(shutdown)
-        .await
-        .map_err(|e| format!("demo failed: {e:#}"));
-    run_outcome(outcome, crate::demo::next_steps)
+    match crate::demo::run(cancel_on_signal()).await {
+        Ok(report) => report_outcome(&report, crate::demo::next_steps),
+        Err(e) => {
+            eprintln!("roomsync: demo failed: {e:#}");
+            exit::FAILED
+        }
+    }
 }
 
 /// Daemon mode: runs until SIGTERM/SIGINT (exit 0); start-up problems exit 1.
@@ -253,60 +249,32 @@ async fn status(db: &std::path::Path, max_age: std::time::Duration, runs: u32) -
     }
 }
 
-/// `--sync-now`: lock, open, run once, print the summary.
+/// `--sync-now`: one run (lock, open, run, close), its summary, its exit code.
 async fn sync_now(settings: &Settings, allow_mass_removal: bool) -> u8 {
-    let db = &settings.database.path;
-    let lock = match SyncLock::try_acquire(db) {
-        Ok(Some(lock)) => lock,
-        Ok(None) => {
-            eprintln!(
-                "roomsync: another sync of {} is running (lock {} is held); nothing was done",
-                db.display(),
-                crate::lock::lock_path(db).display()
-            );
-            return exit::LOCKED;
-        }
-        Err(e) => {
-            eprintln!(
-                "roomsync: cannot take the sync lock {}: {e}",
-                crate::lock::lock_path(db).display()
-            );
-            return exit::FAILED;
-        }
-    };
-    let store = match Store::open(db).await {
-        Ok(store) => store,
-        Err(e) => {
-            eprintln!("roomsync: {e}");
-            return exit::FAILED;
-        }
-    };
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
     let options = SyncOptions {
         trigger: Trigger::Manual,
         allow_mass_removal,
     };
-    let outcome = run_sync(&store, settings, options, &lock, shutdown).await;
-    let code = run_outcome(outcome, RunReport::to_string);
-    store.close().await;
-    code
-}
-
-/// Cancels `token` on the first SIGTERM or SIGINT.
-pub async fn cancel_on_signal(token: CancellationToken) {
-    let name = wait_for_signal().await;
-    tracing::warn!(signal = name, "shutdown requested");
-    token.cancel();
-}
-
-/// Waits for SIGTERM or SIGINT and names it.
-pub async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    match run_once(settings, options, cancel_on_signal()).await {
+        Ok(report) => report_outcome(&report, RunReport::to_string),
+        Err(e) => {
+            eprintln!("roomsync: {e}");
+            match e {
+                RunError::Locked { .. } => exit::LOCKED,
+                _ => exit::FAILED,
+            }
+        }
     }
+}
+
+/// A token cancelled by the first SIGTERM or SIGINT.
+fn cancel_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    match ShutdownSignals::register() {
+        Ok(signals) => {
+            tokio::spawn(signals.cancel_on_signal(token.clone()));
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot handle SIGTERM and SIGINT"),
+    }
+    token
 }

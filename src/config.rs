@@ -1,7 +1,11 @@
 //! Settings: built-in defaults < TOML file < environment (`ROOMSYNC__<SECTION>__<KEY>`).
 //!
 //! Everything is validated here, before anything touches the network or the database, so a
-//! config error exits 2 with a message that names the key.
+//! config error exits 2 with a message that names the key. No message ever shows the app
+//! secret: syntax errors name the place, not the line, and every message is scrubbed of it.
+
+mod number;
+mod source;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -11,20 +15,41 @@ use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use number::RawNumber;
+
 /// Where the configuration file is looked for when neither `--config` nor `$ROOMSYNC_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/roomsync/roomsync.toml";
 /// Default schedule: every 15 minutes, 7 minutes past the quarter, away from the top of the hour
 /// as DingTalk asks of batch jobs.
 pub const DEFAULT_CRON: &str = "0 7/15 * * * *";
 
+/// Why the configuration was refused; the message names the key (or the place) and never
+/// holds the app secret.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("configuration file {path} not found ({hint})")]
     FileNotFound { path: PathBuf, hint: &'static str },
+    #[error("configuration file {path}: cannot read it: {reason}")]
+    Unreadable { path: PathBuf, reason: String },
+    #[error("configuration file {path}, line {line}, column {column}: {problem}{}", key_note(.key))]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        problem: String,
+        /// The key the broken line sets, when it has one.
+        key: Option<String>,
+    },
     #[error("configuration: {0}")]
     Parse(String),
     #[error("configuration: {key}: {problem}")]
     Invalid { key: &'static str, problem: String },
+}
+
+fn key_note(key: &Option<String>) -> String {
+    key.as_ref()
+        .map(|k| format!(" (in the line of {k})"))
+        .unwrap_or_default()
 }
 
 fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
@@ -42,8 +67,12 @@ pub struct Settings {
     pub sync: SyncSettings,
     pub log: LogSettings,
     pub schedule: ScheduleSettings,
+    /// Found while loading, to be logged once logging is set up (e.g. a secret file that
+    /// other users can read).
+    pub warnings: Vec<String>,
 }
 
+/// `[dingtalk]`: the API, the credentials, and the limits of every request.
 #[derive(Debug, Clone)]
 pub struct DingTalkSettings {
     pub base_url: Url,
@@ -55,6 +84,10 @@ pub struct DingTalkSettings {
     pub max_attempts: u32,
     pub retry_base_delay: Duration,
     pub requests_per_second: f64,
+    /// The largest response body read; a longer one fails the run.
+    pub max_response_bytes: u64,
+    /// The most pages one run follows.
+    pub max_pages: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -63,8 +96,8 @@ pub struct DatabaseSettings {
     pub path: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// `[sync]`: what one run may do.
+#[derive(Debug, Clone)]
 pub struct SyncSettings {
     pub max_removal_ratio: f64,
     /// Days `room_changes` entries are kept; 0 keeps them forever.
@@ -100,15 +133,6 @@ impl Default for DatabaseSettings {
     }
 }
 
-impl Default for SyncSettings {
-    fn default() -> Self {
-        Self {
-            max_removal_ratio: 0.5,
-            keep_changes_days: 90,
-        }
-    }
-}
-
 impl Default for LogSettings {
     fn default() -> Self {
         Self {
@@ -127,6 +151,23 @@ impl Default for ScheduleSettings {
     }
 }
 
+/// The documented range of every number of `[dingtalk]` and `[sync]` (README, config file).
+mod ranges {
+    use std::ops::RangeInclusive;
+
+    pub const PAGE_SIZE: RangeInclusive<i64> = 1..=100;
+    pub const TIMEOUT_SECS: RangeInclusive<f64> = 1.0..=600.0;
+    pub const MAX_ATTEMPTS: RangeInclusive<i64> = 1..=100;
+    pub const RETRY_BASE_DELAY_MS: RangeInclusive<i64> = 1..=60_000;
+    pub const REQUESTS_PER_SECOND: RangeInclusive<f64> = 0.1..=10_000.0;
+    /// 64 KiB (a page of long records) to 1 GiB.
+    pub const MAX_RESPONSE_BYTES: RangeInclusive<i64> = 65_536..=1_073_741_824;
+    pub const MAX_PAGES: RangeInclusive<i64> = 1..=1_000_000;
+    pub const MAX_REMOVAL_RATIO: RangeInclusive<f64> = 0.0..=1.0;
+    /// Up to a hundred years.
+    pub const KEEP_CHANGES_DAYS: RangeInclusive<i64> = 0..=36_500;
+}
+
 /// The `[dingtalk]` table as written, before validation.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -136,11 +177,13 @@ struct RawDingTalk {
     app_secret: Option<SecretString>,
     app_secret_file: Option<PathBuf>,
     union_id: Option<String>,
-    page_size: i64,
-    timeout_secs: f64,
-    max_attempts: i64,
-    retry_base_delay_ms: i64,
-    requests_per_second: f64,
+    page_size: RawNumber,
+    timeout_secs: RawNumber,
+    max_attempts: RawNumber,
+    retry_base_delay_ms: RawNumber,
+    requests_per_second: RawNumber,
+    max_response_bytes: RawNumber,
+    max_pages: RawNumber,
 }
 
 impl Default for RawDingTalk {
@@ -151,11 +194,30 @@ impl Default for RawDingTalk {
             app_secret: None,
             app_secret_file: None,
             union_id: None,
-            page_size: 100,
-            timeout_secs: 30.0,
-            max_attempts: 5,
-            retry_base_delay_ms: 500,
-            requests_per_second: 10.0,
+            page_size: RawNumber::Int(100),
+            timeout_secs: RawNumber::Int(30),
+            max_attempts: RawNumber::Int(5),
+            retry_base_delay_ms: RawNumber::Int(500),
+            requests_per_second: RawNumber::Int(10),
+            max_response_bytes: RawNumber::Int(8 * 1024 * 1024),
+            max_pages: RawNumber::Int(10_000),
+        }
+    }
+}
+
+/// The `[sync]` table as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSync {
+    max_removal_ratio: RawNumber,
+    keep_changes_days: RawNumber,
+}
+
+impl Default for RawSync {
+    fn default() -> Self {
+        Self {
+            max_removal_ratio: RawNumber::Float(0.5),
+            keep_changes_days: RawNumber::Int(90),
         }
     }
 }
@@ -165,9 +227,16 @@ impl Default for RawDingTalk {
 struct RawSettings {
     dingtalk: RawDingTalk,
     database: DatabaseSettings,
-    sync: SyncSettings,
+    sync: RawSync,
     log: LogSettings,
     schedule: ScheduleSettings,
+}
+
+/// Where the settings came from, for the checks that look at files.
+struct Origin {
+    config: PathBuf,
+    config_holds_secret: bool,
+    credentials_dir: Option<PathBuf>,
 }
 
 impl Settings {
@@ -183,14 +252,23 @@ impl Settings {
         explicit: Option<&Path>,
         env: &HashMap<String, String>,
     ) -> Result<Settings, ConfigError> {
-        let raw: RawSettings = load_layers(explicit, env)?;
+        let loaded: Loaded<RawSettings> = load_layers(explicit, env)?;
         validate_rust_log(env)?;
-        raw.validate(env.get("CREDENTIALS_DIRECTORY").map(PathBuf::from))
+        let origin = Origin {
+            config_holds_secret: loaded.holds_secret,
+            config: loaded.path,
+            credentials_dir: env.get("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+        };
+        let secrets: Vec<&str> = loaded.secrets.iter().map(String::as_str).collect();
+        loaded.raw.validate(&origin).map_err(|e| match e {
+            ConfigError::Invalid { key, problem } => invalid(key, source::scrub(problem, &secrets)),
+            other => other,
+        })
     }
 
     /// Settings for a run against a given endpoint without a config file (`--demo`, the
-    /// benchmark): page size 100, short retry delays, no client-side rate limit to speak of,
-    /// other keys at their defaults.
+    /// benchmark): the built-in defaults, except short retry delays and no client-side rate
+    /// limit to speak of.
     pub fn for_endpoint(
         base_url: Url,
         app_key: &str,
@@ -199,24 +277,40 @@ impl Settings {
         database: PathBuf,
     ) -> Settings {
         let raw = RawSettings::default();
+        let mut dingtalk = raw
+            .dingtalk
+            .validate_limits()
+            .expect("the built-in defaults are valid");
+        dingtalk.retry_base_delay = Duration::from_millis(50);
+        dingtalk.requests_per_second = 10_000.0;
         Settings {
             dingtalk: DingTalkSettings {
                 base_url,
                 app_key: app_key.into(),
                 app_secret,
                 union_id: union_id.into(),
-                page_size: 100,
-                timeout: Duration::from_secs(30),
-                max_attempts: 5,
-                retry_base_delay: Duration::from_millis(50),
-                requests_per_second: 10_000.0,
+                ..dingtalk.into_settings()
             },
             database: DatabaseSettings { path: database },
-            sync: raw.sync,
+            sync: raw
+                .sync
+                .validate()
+                .expect("the built-in defaults are valid"),
             log: raw.log,
             schedule: raw.schedule,
+            warnings: Vec::new(),
         }
     }
+}
+
+/// The layers as deserialized, with what the checks and the scrubbing of messages need.
+struct Loaded<T> {
+    raw: T,
+    path: PathBuf,
+    /// The file itself holds `app_secret`.
+    holds_secret: bool,
+    /// The secrets given in the file or the environment, to scrub from messages.
+    secrets: Vec<String>,
 }
 
 /// The file named by `explicit`, else `$ROOMSYNC_CONFIG`, else [`DEFAULT_CONFIG_PATH`], under
@@ -224,7 +318,7 @@ impl Settings {
 fn load_layers<T: serde::de::DeserializeOwned>(
     explicit: Option<&Path>,
     env: &HashMap<String, String>,
-) -> Result<T, ConfigError> {
+) -> Result<Loaded<T>, ConfigError> {
     let (path, hint) = match (explicit, env.get("ROOMSYNC_CONFIG")) {
         (Some(p), _) => (p.to_path_buf(), "given with --config"),
         (None, Some(p)) if !p.is_empty() => (PathBuf::from(p), "given in $ROOMSYNC_CONFIG"),
@@ -236,13 +330,19 @@ fn load_layers<T: serde::de::DeserializeOwned>(
     if !path.is_file() {
         return Err(ConfigError::FileNotFound { path, hint });
     }
+    let file = source::read(&path)?;
+    let inline_secret = source::inline_secret(&file.table);
+    let env_secret = env
+        .get("ROOMSYNC__DINGTALK__APP_SECRET")
+        .map(String::as_str);
+    let secrets: Vec<&str> = inline_secret.into_iter().chain(env_secret).collect();
     let overrides: config::Map<String, String> = env
         .iter()
         .filter(|(k, _)| k.starts_with("ROOMSYNC__"))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    config::Config::builder()
-        .add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml))
+    let raw: T = config::Config::builder()
+        .add_source(config::File::from_str(&file.text, config::FileFormat::Toml))
         .add_source(
             config::Environment::with_prefix("ROOMSYNC")
                 .prefix_separator("__")
@@ -251,7 +351,16 @@ fn load_layers<T: serde::de::DeserializeOwned>(
         )
         .build()
         .and_then(|c| c.try_deserialize())
-        .map_err(|e| ConfigError::Parse(format!("{} ({})", e, path.display())))
+        .map_err(|e| {
+            let message = source::scrub(e.to_string(), &secrets);
+            ConfigError::Parse(format!("{message} ({})", path.display()))
+        })?;
+    Ok(Loaded {
+        raw,
+        path,
+        holds_secret: inline_secret.is_some(),
+        secrets: secrets.into_iter().map(String::from).collect(),
+    })
 }
 
 /// What `roomsync status` reads of the configuration: `[database]` and nothing else, so that it
@@ -275,92 +384,167 @@ impl DatabaseSettings {
         explicit: Option<&Path>,
         env: &HashMap<String, String>,
     ) -> Result<DatabaseSettings, ConfigError> {
-        let only: DatabaseOnly = load_layers(explicit, env)?;
+        let loaded: Loaded<DatabaseOnly> = load_layers(explicit, env)?;
         validate_rust_log(env)?;
-        only.database.validate()?;
-        Ok(only.database)
+        validate_database_path(&loaded.raw.database.path)?;
+        Ok(loaded.raw.database)
+    }
+}
+
+/// The numbers of `[dingtalk]`, checked.
+struct Limits {
+    page_size: u32,
+    timeout: Duration,
+    max_attempts: u32,
+    retry_base_delay: Duration,
+    requests_per_second: f64,
+    max_response_bytes: u64,
+    max_pages: u32,
+}
+
+impl Limits {
+    /// Settings with these limits and placeholder credentials, to be filled in.
+    fn into_settings(self) -> DingTalkSettings {
+        DingTalkSettings {
+            base_url: Url::parse("http://127.0.0.1/").expect("a valid URL"),
+            app_key: String::new(),
+            app_secret: SecretString::from(""),
+            union_id: String::new(),
+            page_size: self.page_size,
+            timeout: self.timeout,
+            max_attempts: self.max_attempts,
+            retry_base_delay: self.retry_base_delay,
+            requests_per_second: self.requests_per_second,
+            max_response_bytes: self.max_response_bytes,
+            max_pages: self.max_pages,
+        }
+    }
+}
+
+impl RawDingTalk {
+    fn validate_limits(&self) -> Result<Limits, ConfigError> {
+        use number::{decimal, integer};
+        Ok(Limits {
+            page_size: integer("dingtalk.page_size", &self.page_size, ranges::PAGE_SIZE)? as u32,
+            timeout: Duration::from_secs_f64(decimal(
+                "dingtalk.timeout_secs",
+                &self.timeout_secs,
+                ranges::TIMEOUT_SECS,
+            )?),
+            max_attempts: integer(
+                "dingtalk.max_attempts",
+                &self.max_attempts,
+                ranges::MAX_ATTEMPTS,
+            )? as u32,
+            retry_base_delay: Duration::from_millis(integer(
+                "dingtalk.retry_base_delay_ms",
+                &self.retry_base_delay_ms,
+                ranges::RETRY_BASE_DELAY_MS,
+            )? as u64),
+            requests_per_second: decimal(
+                "dingtalk.requests_per_second",
+                &self.requests_per_second,
+                ranges::REQUESTS_PER_SECOND,
+            )?,
+            max_response_bytes: integer(
+                "dingtalk.max_response_bytes",
+                &self.max_response_bytes,
+                ranges::MAX_RESPONSE_BYTES,
+            )? as u64,
+            max_pages: integer("dingtalk.max_pages", &self.max_pages, ranges::MAX_PAGES)? as u32,
+        })
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        if self.path.as_os_str().is_empty() {
-            return Err(invalid("database.path", "must not be empty"));
-        }
-        Ok(())
+    fn validate(self, origin: &Origin) -> Result<DingTalkSettings, ConfigError> {
+        let base_url = Url::parse(&self.base_url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+            .ok_or_else(|| invalid("dingtalk.base_url", "not an http(s) URL"))?;
+        let limits = self.validate_limits()?;
+        let app_key = credential("dingtalk.app_key", self.app_key)?;
+        let union_id = credential("dingtalk.union_id", self.union_id)?;
+        let app_secret = resolve_secret(
+            self.app_secret,
+            self.app_secret_file,
+            origin.credentials_dir.clone(),
+        )?;
+        Ok(DingTalkSettings {
+            base_url,
+            app_key,
+            app_secret,
+            union_id,
+            ..limits.into_settings()
+        })
+    }
+}
+
+impl RawSync {
+    fn validate(self) -> Result<SyncSettings, ConfigError> {
+        Ok(SyncSettings {
+            max_removal_ratio: number::decimal(
+                "sync.max_removal_ratio",
+                &self.max_removal_ratio,
+                ranges::MAX_REMOVAL_RATIO,
+            )?,
+            keep_changes_days: number::integer(
+                "sync.keep_changes_days",
+                &self.keep_changes_days,
+                ranges::KEEP_CHANGES_DAYS,
+            )? as u32,
+        })
     }
 }
 
 impl RawSettings {
-    fn validate(self, credentials_dir: Option<PathBuf>) -> Result<Settings, ConfigError> {
-        let d = self.dingtalk;
-        let base_url = Url::parse(&d.base_url)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
-            .ok_or_else(|| {
-                invalid(
-                    "dingtalk.base_url",
-                    format!("not an http(s) URL: {:?}", d.base_url),
-                )
-            })?;
-        let app_key = credential("dingtalk.app_key", d.app_key)?;
-        let union_id = credential("dingtalk.union_id", d.union_id)?;
-        let app_secret = resolve_secret(d.app_secret, d.app_secret_file, credentials_dir)?;
-        if !(1..=100).contains(&d.page_size) {
-            return Err(invalid(
-                "dingtalk.page_size",
-                format!("must be 1..=100, got {}", d.page_size),
-            ));
-        }
-        if !(d.timeout_secs.is_finite() && d.timeout_secs > 0.0 && d.timeout_secs <= 3600.0) {
-            return Err(invalid(
-                "dingtalk.timeout_secs",
-                format!("must be > 0 and <= 3600, got {}", d.timeout_secs),
-            ));
-        }
-        if !(1..=100).contains(&d.max_attempts) {
-            return Err(invalid(
-                "dingtalk.max_attempts",
-                format!("must be 1..=100, got {}", d.max_attempts),
-            ));
-        }
-        if !(0..=600_000).contains(&d.retry_base_delay_ms) {
-            return Err(invalid(
-                "dingtalk.retry_base_delay_ms",
-                format!("must be 0..=600000, got {}", d.retry_base_delay_ms),
-            ));
-        }
-        if !(d.requests_per_second.is_finite() && d.requests_per_second > 0.0) {
-            return Err(invalid(
-                "dingtalk.requests_per_second",
-                format!("must be a number above 0, got {}", d.requests_per_second),
-            ));
-        }
-        let ratio = self.sync.max_removal_ratio;
-        if !(0.0..=1.0).contains(&ratio) {
-            return Err(invalid(
-                "sync.max_removal_ratio",
-                format!("must be 0.0..=1.0, got {ratio}"),
-            ));
-        }
-        self.database.validate()?;
+    fn validate(self, origin: &Origin) -> Result<Settings, ConfigError> {
+        let secret_file = self.dingtalk.app_secret_file.clone();
+        let dingtalk = self.dingtalk.validate(origin)?;
+        let sync = self.sync.validate()?;
+        validate_database_path(&self.database.path)?;
         validate_log_filter("log.level", &self.log.level)?;
         validate_cron(&self.schedule.cron)?;
+        let credential = origin
+            .credentials_dir
+            .as_ref()
+            .map(|d| d.join("app_secret"));
+        let warnings = source::exposure_warnings(
+            &origin.config,
+            origin.config_holds_secret,
+            secret_file.as_deref().or(credential.as_deref()),
+        );
         Ok(Settings {
-            dingtalk: DingTalkSettings {
-                base_url,
-                app_key,
-                app_secret,
-                union_id,
-                page_size: d.page_size as u32,
-                timeout: Duration::from_secs_f64(d.timeout_secs),
-                max_attempts: d.max_attempts as u32,
-                retry_base_delay: Duration::from_millis(d.retry_base_delay_ms as u64),
-                requests_per_second: d.requests_per_second,
-            },
+            dingtalk,
             database: self.database,
-            sync: self.sync,
+            sync,
             log: self.log,
             schedule: self.schedule,
+            warnings,
         })
+    }
+}
+
+/// The database must be a regular file or not exist yet: a device, a directory or a FIFO is
+/// refused before anything (a lock file, a journal) is created beside it.
+fn validate_database_path(path: &Path) -> Result<(), ConfigError> {
+    if path.as_os_str().is_empty() {
+        return Err(invalid("database.path", "must not be empty"));
+    }
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => {
+            let kind = if m.is_dir() {
+                "a directory"
+            } else {
+                "not a regular file (a device, FIFO or socket)"
+            };
+            Err(invalid(
+                "database.path",
+                format!(
+                    "{} is {kind}; it must be a regular file or not exist yet",
+                    path.display()
+                ),
+            ))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -379,10 +563,8 @@ fn credential(key: &'static str, value: Option<String>) -> Result<String, Config
     if is_placeholder(&value) {
         return Err(invalid(
             key,
-            format!(
-                "{value:?} is the configuration template's placeholder; \
-                 set the real value from DingTalk's developer console (see the README)"
-            ),
+            "still holds the configuration template's placeholder; set the real value from \
+             DingTalk's developer console (see the README)",
         ));
     }
     Ok(value)

@@ -1,6 +1,7 @@
 //! Daemon mode: the cron schedule, no overlapping runs, systemd notification, graceful shutdown.
 //!
-//! Every tick calls the same [`run_sync`] as `--sync-now`. A tick that finds a run in progress,
+//! Every tick starts a run the same way as `--sync-now` ([`run_on`], on the store the daemon
+//! keeps open). A tick that finds a run in progress,
 //! in this process or another (an operator's `--sync-now` holding the lock), is skipped: not
 //! queued and not recorded. A failed run is simply tried again at the next tick.
 
@@ -16,9 +17,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 use crate::lock::SyncLock;
+use crate::signal::ShutdownSignals;
 use crate::store::runs::Trigger;
 use crate::store::Store;
-use crate::sync::{run_sync, SyncOptions};
+use crate::sync::{run_on, RunError, SyncOptions};
 
 /// How long shutdown waits for a run in progress. Interrupting a fetch takes milliseconds;
 /// this leaves an apply under way time to finish inside systemd's patience and the
@@ -38,57 +40,14 @@ struct Daemon {
 /// Runs until SIGTERM or SIGINT. Errors are start-up problems (unusable database, scheduler),
 /// reported before READY=1.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    let db = settings.database.path.clone();
-    let store = Store::open(&db).await?;
-    // Fail now, not at the first tick, when the lock file cannot be created.
-    drop(SyncLock::try_acquire(&db).with_context(|| {
-        format!(
-            "cannot create the sync lock file {}",
-            crate::lock::lock_path(&db).display()
-        )
-    })?);
-
-    let daemon = Arc::new(Daemon {
-        settings,
-        store,
-        busy: AtomicBool::new(false),
-        shutdown: CancellationToken::new(),
-        runs: TaskTracker::new(),
-    });
-    let mut scheduler = JobScheduler::new()
-        .await
-        .context("starting the scheduler")?;
-    let ticker = daemon.clone();
-    let job = Job::new_async(daemon.settings.schedule.cron.as_str(), move |_, _| {
-        let daemon = ticker.clone();
-        Box::pin(async move { daemon.start_run(Trigger::Schedule) })
-    })
-    .with_context(|| format!("schedule.cron {:?}", daemon.settings.schedule.cron))?;
-    scheduler
-        .add(job)
-        .await
-        .context("scheduling the sync job")?;
-    if let Some(period) = watchdog_period() {
-        // Pinged by a job of the scheduler itself: if the scheduler loop stalls, so do the
-        // pings, and systemd restarts the service.
-        let ping = Job::new_repeated_async(period, |_, _| {
-            Box::pin(async {
-                notify(&[NotifyState::Watchdog]);
-            })
-        })
-        .context("scheduling the watchdog")?;
-        scheduler
-            .add(ping)
-            .await
-            .context("scheduling the watchdog")?;
-    }
-    scheduler.start().await.context("starting the scheduler")?;
-
+    let mut signals = ShutdownSignals::register().context("handling SIGTERM and SIGINT")?;
+    let daemon = Arc::new(Daemon::open(settings).await?);
+    let mut scheduler = daemon.schedule().await?;
     let next = next_tick(&mut scheduler).await;
     tracing::info!(
         cron = %daemon.settings.schedule.cron,
         next_tick = next.as_deref().unwrap_or("unknown"),
-        database = %db.display(),
+        database = %daemon.settings.database.path.display(),
         "roomsync daemon started"
     );
     notify(&[
@@ -99,26 +58,87 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         daemon.start_run(Trigger::Startup);
     }
 
-    let signal = crate::cli::wait_for_signal().await;
+    let signal = signals.wait().await;
     tracing::info!(signal, "shutting down");
     notify(&[NotifyState::Stopping, NotifyState::Status("shutting down")]);
-    daemon.shutdown.cancel();
-    if let Err(e) = scheduler.shutdown().await {
-        tracing::warn!(error = %e, "scheduler did not shut down cleanly");
-    }
-    daemon.runs.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, daemon.runs.wait())
-        .await
-        .is_err()
-    {
-        tracing::error!("a sync run did not finish within the shutdown grace period");
-    }
-    daemon.store.pool().close().await;
+    daemon.stop(scheduler).await;
     tracing::info!("roomsync daemon stopped");
     Ok(())
 }
 
 impl Daemon {
+    /// Opens the database and checks the lock file can be created.
+    async fn open(settings: Settings) -> anyhow::Result<Daemon> {
+        let db = settings.database.path.clone();
+        let store = Store::open(&db).await?;
+        // Refuse now, before READY=1, a database every run would fail to write.
+        store.check_writable().await?;
+        // Fail now, not at the first tick, when the lock file cannot be created.
+        drop(SyncLock::try_acquire(&db).with_context(|| {
+            format!(
+                "cannot create the sync lock file {}",
+                crate::lock::lock_path(&db).display()
+            )
+        })?);
+        Ok(Daemon {
+            settings,
+            store,
+            busy: AtomicBool::new(false),
+            shutdown: CancellationToken::new(),
+            runs: TaskTracker::new(),
+        })
+    }
+
+    /// The scheduler with the sync job and, when systemd asks for it, the watchdog ping.
+    async fn schedule(self: &Arc<Self>) -> anyhow::Result<JobScheduler> {
+        let scheduler = JobScheduler::new()
+            .await
+            .context("starting the scheduler")?;
+        let ticker = self.clone();
+        let job = Job::new_async(self.settings.schedule.cron.as_str(), move |_, _| {
+            let daemon = ticker.clone();
+            Box::pin(async move { daemon.start_run(Trigger::Schedule) })
+        })
+        .with_context(|| format!("schedule.cron {:?}", self.settings.schedule.cron))?;
+        scheduler
+            .add(job)
+            .await
+            .context("scheduling the sync job")?;
+        if let Some(period) = watchdog_period() {
+            // Pinged by a job of the scheduler itself: if the scheduler loop stalls, so do the
+            // pings, and systemd restarts the service.
+            let ping = Job::new_repeated_async(period, |_, _| {
+                Box::pin(async {
+                    notify(&[NotifyState::Watchdog]);
+                })
+            })
+            .context("scheduling the watchdog")?;
+            scheduler
+                .add(ping)
+                .await
+                .context("scheduling the watchdog")?;
+        }
+        scheduler.start().await.context("starting the scheduler")?;
+        Ok(scheduler)
+    }
+
+    /// Stops scheduling, interrupts a fetch in progress, and waits (a bounded time) for the
+    /// run to end.
+    async fn stop(&self, mut scheduler: JobScheduler) {
+        self.shutdown.cancel();
+        if let Err(e) = scheduler.shutdown().await {
+            tracing::warn!(error = %e, "scheduler did not shut down cleanly");
+        }
+        self.runs.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.runs.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!("a sync run did not finish within the shutdown grace period");
+        }
+        self.store.pool().close().await;
+    }
+
     /// Starts a run in the background unless one is in progress here or elsewhere.
     fn start_run(self: &Arc<Self>, trigger: Trigger) {
         if self.shutdown.is_cancelled() {
@@ -131,43 +151,31 @@ impl Daemon {
             );
             return;
         }
-        let daemon = self.clone();
+        let busy = Busy(self.clone());
         self.runs.spawn(async move {
-            daemon.run_locked(trigger).await;
-            daemon.busy.store(false, Ordering::SeqCst);
+            busy.0.run_locked(trigger).await;
+            drop(busy);
         });
     }
 
+    /// One run, unless another process holds the sync lock; its summary becomes the status
+    /// systemd shows.
     async fn run_locked(&self, trigger: Trigger) {
-        let db = &self.settings.database.path;
-        let lock = match SyncLock::try_acquire(db) {
-            Ok(Some(lock)) => lock,
-            Ok(None) => {
-                tracing::info!(
-                    trigger = trigger.as_str(),
-                    "skipping this tick: another process holds the sync lock"
-                );
-                return;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot take the sync lock; skipping this tick");
-                return;
-            }
-        };
         let options = SyncOptions {
             trigger,
             allow_mass_removal: false,
         };
-        match run_sync(
-            &self.store,
-            &self.settings,
-            options,
-            &lock,
-            self.shutdown.clone(),
-        )
-        .await
-        {
+        match run_on(&self.store, &self.settings, options, self.shutdown.clone()).await {
             Ok(report) => notify(&[NotifyState::Status(&format!("last run: {report}"))]),
+            Err(RunError::Locked { .. }) => {
+                tracing::info!(
+                    trigger = trigger.as_str(),
+                    "skipping this tick: another process holds the sync lock"
+                );
+            }
+            Err(RunError::Lock { source, .. }) => {
+                tracing::error!(error = %source, "cannot take the sync lock; skipping this tick");
+            }
             Err(e) => {
                 tracing::error!(error = %e, "sync run could not be recorded");
                 notify(&[NotifyState::Status(&format!(
@@ -175,6 +183,16 @@ impl Daemon {
                 ))]);
             }
         }
+    }
+}
+
+/// The daemon's busy flag while a run is under way: cleared when dropped, however the run
+/// ended, so that a run that went wrong never stops the schedule.
+struct Busy(Arc<Daemon>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.store(false, Ordering::SeqCst);
     }
 }
 

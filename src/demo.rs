@@ -6,11 +6,9 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::lock::SyncLock;
 use crate::standin::{settings_for, OrgSpec, StandIn, StandInConfig};
 use crate::store::runs::Trigger;
-use crate::store::Store;
-use crate::sync::{run_sync, RunReport, SyncOptions};
+use crate::sync::{run_once, RunError, RunReport, SyncOptions};
 
 /// Where the demo writes, relative to the current directory.
 pub const DEMO_DATABASE: &str = "roomsync-demo.db";
@@ -24,17 +22,18 @@ pub async fn run(shutdown: CancellationToken) -> anyhow::Result<RunReport> {
         .await
         .context("starting the stand-in DingTalk API")?;
     let db = PathBuf::from(DEMO_DATABASE);
-    let settings = settings_for(&standin, db.clone());
-    let lock = SyncLock::try_acquire(&db)
-        .context("taking the sync lock")?
-        .context("another roomsync --demo is running in this directory")?;
-    let store = Store::open(&db).await?;
+    let settings = settings_for(&standin, db);
     let options = SyncOptions {
         trigger: Trigger::Manual,
         allow_mass_removal: false,
     };
-    let report = run_sync(&store, &settings, options, &lock, shutdown).await?;
-    store.close().await;
+    let report = match run_once(&settings, options, shutdown).await {
+        Err(RunError::Locked { .. }) => {
+            anyhow::bail!("another roomsync --demo is running in this directory")
+        }
+        Err(RunError::Lock { source, .. }) => Err(source).context("taking the sync lock")?,
+        report => report?,
+    };
     standin.stop().await;
     Ok(report)
 }

@@ -1,6 +1,10 @@
-//! One error of a sync run, as recorded in `sync_errors`.
+//! One error of a sync run, as recorded in `sync_errors`, and the redaction of secrets from
+//! every text taken from upstream.
 
 use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use secrecy::{ExposeSecret, SecretString};
 
 /// Where in a run an error happened (`sync_errors.stage`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -9,6 +13,8 @@ pub enum Stage {
     Fetch,
     Validate,
     Store,
+    /// A bug: the run panicked (error code `internal.panic`).
+    Internal,
 }
 
 impl Stage {
@@ -18,6 +24,7 @@ impl Stage {
             Stage::Fetch => "fetch",
             Stage::Validate => "validate",
             Stage::Store => "store",
+            Stage::Internal => "internal",
         }
     }
 }
@@ -42,6 +49,14 @@ pub mod codes {
     pub const REPEATED_NEXT_TOKEN: &str = "pagination.repeated_next_token";
     /// The local database refused a write.
     pub const DATABASE: &str = "database.error";
+    /// The server answered with a redirect, which is never followed.
+    pub const REDIRECT: &str = "http.redirect";
+    /// A response body longer than `dingtalk.max_response_bytes`.
+    pub const TOO_LARGE: &str = "response.too_large";
+    /// More pages than `dingtalk.max_pages`, or empty pages that promise more, without end.
+    pub const RUNAWAY_PAGINATION: &str = "pagination.runaway";
+    /// The run panicked: a bug, caught so the process goes on.
+    pub const PANIC: &str = "internal.panic";
 }
 
 /// One failed step: a request attempt, a validation, or a database write.
@@ -100,3 +115,111 @@ impl fmt::Display for Failure {
 }
 
 impl std::error::Error for Failure {}
+
+/// A test hook of debug builds (`cargo test` builds the binary so): `ROOMSYNC_TEST_PANIC_RUNS=N`
+/// makes the first N runs of the process panic, to show that a panicking run is recorded and
+/// the process goes on. Release builds have no such hook.
+pub fn panic_if_asked_in_tests() {
+    #[cfg(debug_assertions)]
+    {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static RUNS: AtomicU32 = AtomicU32::new(0);
+        let asked = std::env::var("ROOMSYNC_TEST_PANIC_RUNS")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok());
+        if let Some(n) = asked {
+            if RUNS.fetch_add(1, Ordering::SeqCst) < n {
+                panic!("ROOMSYNC_TEST_PANIC_RUNS asked this run to panic");
+            }
+        }
+    }
+}
+
+/// Makes upstream text safe to log, print and store: the app secret and every access token
+/// this process was issued are replaced by `[redacted]`, and the text is cut to
+/// [`MAX_UPSTREAM_TEXT`] characters. Clones share the tokens registered with any of them.
+#[derive(Clone)]
+pub struct Redactor {
+    secrets: Arc<Mutex<Vec<SecretString>>>,
+}
+
+/// The longest upstream text kept in a message, a request id or an error code.
+pub const MAX_UPSTREAM_TEXT: usize = 500;
+
+impl Redactor {
+    pub fn new(app_secret: &SecretString) -> Redactor {
+        Redactor {
+            secrets: Arc::new(Mutex::new(vec![app_secret.clone()])),
+        }
+    }
+
+    /// Registers a newly issued token, to be redacted from now on.
+    pub fn add(&self, token: &SecretString) {
+        let mut secrets = self.secrets.lock().unwrap_or_else(|e| e.into_inner());
+        if !secrets
+            .iter()
+            .any(|s| s.expose_secret() == token.expose_secret())
+        {
+            secrets.push(token.clone());
+        }
+    }
+
+    /// `text` without any secret, at most [`MAX_UPSTREAM_TEXT`] characters long. Values
+    /// shorter than 8 characters are left alone: real app secrets and tokens are far longer,
+    /// and a short value would match ordinary words.
+    pub fn redact(&self, text: &str) -> String {
+        let secrets = self.secrets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut text = text.to_string();
+        for secret in secrets.iter().map(|s| s.expose_secret()) {
+            if secret.len() >= 8 && text.contains(secret) {
+                text = text.replace(secret, "[redacted]");
+            }
+        }
+        truncate(text)
+    }
+
+    /// The failure with its message, code and request id redacted.
+    pub fn failure(&self, mut f: Failure) -> Failure {
+        f.message = self.redact(&f.message);
+        f.code = f.code.map(|c| self.redact(&c));
+        f.request_id = f.request_id.map(|r| self.redact(&r));
+        f
+    }
+}
+
+fn truncate(text: String) -> String {
+    if text.chars().count() <= MAX_UPSTREAM_TEXT {
+        return text;
+    }
+    let mut cut: String = text.chars().take(MAX_UPSTREAM_TEXT - 3).collect();
+    cut.push_str("...");
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_secret_and_every_issued_token_are_redacted_and_text_is_cut() {
+        let redactor = Redactor::new(&SecretString::from("0123456789abcdef"));
+        redactor.clone().add(&SecretString::from("token-one-xyz"));
+        redactor.add(&SecretString::from("token-two-xyz"));
+        assert_eq!(
+            redactor.redact("bad secret 0123456789abcdef, token-one-xyz and token-two-xyz!"),
+            "bad secret [redacted], [redacted] and [redacted]!"
+        );
+        assert_eq!(redactor.redact("short s"), "short s");
+        let long = "x".repeat(2000);
+        let cut = redactor.redact(&long);
+        assert_eq!(cut.chars().count(), MAX_UPSTREAM_TEXT);
+        assert!(cut.ends_with("..."));
+        let f = Failure {
+            request_id: Some("id-token-one-xyz".into()),
+            ..Failure::new(Stage::Fetch, "token-two-xyz", "m")
+        };
+        let f = redactor.failure(f);
+        assert_eq!(f.request_id.as_deref(), Some("id-[redacted]"));
+        assert_eq!(f.code.as_deref(), Some("[redacted]"));
+    }
+}

@@ -1,9 +1,14 @@
 //! roomsync keeps a local SQLite mirror of an organisation's DingTalk meeting rooms.
 //!
-//! Layout: [`config`] (settings), [`dingtalk`] (the API client), [`store`] (the database),
-//! [`sync`] (one run), [`lock`] (one run at a time), [`daemon`] (the schedule),
-//! [`status`] (monitoring), [`cli`] (the command line), [`manual`] (man pages and completions
-//! from the command line's definition).
+//! Layout, top to bottom (a module uses only its own layer and the layers below; the test
+//! `tests/layout.rs` keeps it so):
+//! - [`cli`]: the command line and exit codes; [`manual`]: its man pages and completions;
+//! - [`daemon`] (the schedule), [`status`] (`roomsync status`), [`demo`] (`--demo`);
+//! - [`sync`] (one run: fetch, ledger, apply), [`standin`] (a stand-in DingTalk API);
+//! - [`store`] (the database: opening, migrations, runs, staging, the apply), [`dingtalk`]
+//!   (the API client and its data);
+//! - [`config`] (settings), [`lock`] (one run at a time), [`failure`] (a run's errors),
+//!   [`telemetry`] (logging), [`signal`] (SIGTERM and SIGINT).
 
 pub mod cli;
 pub mod config;
@@ -13,6 +18,7 @@ pub mod dingtalk;
 pub mod failure;
 pub mod lock;
 pub mod manual;
+pub mod signal;
 pub mod standin;
 pub mod status;
 pub mod store;

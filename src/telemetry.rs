@@ -102,7 +102,7 @@ pub fn init(log: &LogSettings) {
         let _ = tracing_subscriber::fmt()
             .json()
             .with_current_span(true)
-            .with_span_list(false)
+            .with_span_list(true)
             .with_ansi(false)
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
@@ -134,6 +134,24 @@ pub fn init(log: &LogSettings) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// Panics go to the log as one line (a panicking run is recorded and the process goes on, so
+/// the default hook's lines on stderr would only be noise around the run's own summary).
+pub fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("no message");
+        let place = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(place, "panic: {message}");
+    }));
 }
 
 /// Native journald entries: fields without the crate's default `F_` prefix, so a run's lines

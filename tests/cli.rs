@@ -371,3 +371,55 @@ async fn secrets_never_reach_logs_output_or_the_database() {
         );
     }
 }
+
+#[tokio::test]
+async fn every_log_line_of_a_run_carries_its_run_id() {
+    let env = TestEnv::with("", "[log]\nformat = \"json\"").await;
+    env.mount_token(None).await;
+    // A retried page: the client logs from inside its own span, below the run's.
+    page_request(1)
+        .respond_with(ResponseTemplate::new(500).set_body_json(json!({"code": "system.error"})))
+        .up_to_n_times(1)
+        .mount(&env.server)
+        .await;
+    env.mount_listing(&rooms_in_pages(3), None).await;
+    let out = sync_now(&env, &[("RUST_LOG", "roomsync=debug")]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let message = |l: &serde_json::Value| l["fields"]["message"].as_str().unwrap_or("").to_string();
+    let first = lines
+        .iter()
+        .position(|l| message(l) == "sync run started")
+        .expect("the run logs its start");
+    let last = lines
+        .iter()
+        .position(|l| message(l).starts_with("sync run 1 succeeded"))
+        .expect("the run logs its summary");
+    let run_lines = &lines[first..=last];
+    for line in run_lines {
+        let spans = line["spans"].as_array().cloned().unwrap_or_default();
+        assert!(
+            spans.iter().any(|s| s["run_id"] == 1),
+            "a line of run 1 without its run_id: {line}"
+        );
+    }
+    // Lines from the client's retry, the page processor's task and the apply are among them.
+    let targets: Vec<&str> = run_lines
+        .iter()
+        .filter_map(|l| l["target"].as_str())
+        .collect();
+    for target in [
+        "roomsync::dingtalk::client",
+        "roomsync::sync::fetch",
+        "roomsync::store::apply",
+    ] {
+        assert!(
+            targets.contains(&target),
+            "no line from {target}: {targets:?}"
+        );
+    }
+}

@@ -126,21 +126,11 @@ where
     }
 }
 
+/// Succeeded runs so far; 0 while the daemon is still creating the database.
 async fn succeeded_runs(env: &TestEnv) -> i64 {
-    if !env.db.exists() {
-        return 0;
-    }
-    // The daemon creates the file a moment before its migrations commit: no table, no run yet.
-    let pool = open_pool(&env.db).await;
-    let n = sqlx::query_scalar("SELECT COUNT(*) FROM sync_runs WHERE status = 'succeeded'")
-        .fetch_one(&pool)
-        .await;
-    pool.close().await;
-    match n {
-        Ok(n) => n,
-        Err(e) if e.to_string().contains("no such table") => 0,
-        Err(e) => panic!("reading {}: {e}", env.db.display()),
-    }
+    env.try_scalar("SELECT COUNT(*) FROM sync_runs WHERE status = 'succeeded'")
+        .await
+        .unwrap_or(0)
 }
 
 #[tokio::test]

@@ -136,7 +136,7 @@ async fn reference_example_is_mapped_field_by_field() {
 
 #[tokio::test]
 async fn absent_and_null_optional_fields_are_stored_as_null() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::with("page_size = 3", "").await;
     env.mount_token(None).await;
     let body = json!({"hasMore": false, "nextToken": null, "result": [
         {"roomId": "bare"},
@@ -145,7 +145,7 @@ async fn absent_and_null_optional_fields_are_stored_as_null() {
          "roomStaffId": null, "someFutureField": [1, 2, 3]},
         {"roomId": "half", "roomLocation": {"title": "Only title"}, "roomGroup": {"groupId": 9}}
     ]});
-    page_request(0)
+    page_request_of(0, 3)
         .respond_with(ResponseTemplate::new(200).set_body_json(body))
         .mount(&env.server)
         .await;
@@ -239,13 +239,13 @@ async fn non_ascii_names_and_quotes_survive_the_round_trip() {
 async fn a_page_with_more_label_links_than_sqlite_binds_in_one_statement() {
     // 100 rooms x 200 labels = 20,000 links: 40,000 values, more than one SQLite statement
     // may bind (32,766).
-    let env = TestEnv::new().await;
+    let env = TestEnv::with("page_size = 100", "").await;
     env.mount_token(None).await;
     let labels: Vec<i64> = (1..=200).collect();
     let rooms: Vec<_> = (0..100)
         .map(|i| room(&format!("r{i:03}"), "R", &labels, None))
         .collect();
-    page_request(0)
+    page_request_of(0, 100)
         .respond_with(page(&rooms, None))
         .mount(&env.server)
         .await;

@@ -417,17 +417,13 @@ async fn a_read_only_reader_sees_one_complete_state_while_syncs_apply() {
     let db = dir.path().join("rooms.db");
     let settings = settings_for(&standin, db.clone());
     let sync = || async {
-        let lock = roomsync::lock::SyncLock::try_acquire(&db).unwrap().unwrap();
-        let store = roomsync::store::Store::open(&db).await.unwrap();
         let options = roomsync::sync::SyncOptions {
             trigger: roomsync::store::runs::Trigger::Manual,
             allow_mass_removal: false,
         };
-        let report =
-            roomsync::sync::run_sync(&store, &settings, options, &lock, Default::default())
-                .await
-                .unwrap();
-        store.close().await;
+        let report = roomsync::sync::run_once(&settings, options, Default::default())
+            .await
+            .unwrap();
         assert_eq!(report.status.as_str(), "succeeded", "{report}");
     };
     sync().await;

@@ -378,11 +378,19 @@ fn fillers(name: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Pages of at most 100 rooms, in the order of `parts`.
+fn pages_of_100(parts: Vec<Vec<serde_json::Value>>) -> Vec<Vec<serde_json::Value>> {
+    parts
+        .iter()
+        .flat_map(|part| part.chunks(100).map(<[_]>::to_vec))
+        .collect()
+}
+
 #[tokio::test]
 async fn records_a_staging_batch_apart_keep_the_later_one() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::with("page_size = 100", "").await;
     let a = room("a", "A", &[1], Some(1));
-    env.reset_upstream(&[vec![a.clone()], fillers("Filler")])
+    env.reset_upstream(&pages_of_100(vec![vec![a.clone()], fillers("Filler")]))
         .await;
     env.sync().await;
     let feed_before = env
@@ -390,11 +398,11 @@ async fn records_a_staging_batch_apart_keep_the_later_one() {
         .await;
 
     // A changed record of "a" is staged a batch before its unchanged one: "a" stays as it was.
-    env.reset_upstream(&[
+    env.reset_upstream(&pages_of_100(vec![
         vec![room("a", "A renamed", &[1, 3], Some(1))],
         fillers("Filler, renamed"),
         vec![a.clone()],
-    ])
+    ]))
     .await;
     let c = env.sync().await.counts.unwrap();
     assert_eq!((c.seen, c.added, c.updated, c.removed), (1101, 0, 1100, 0));
@@ -415,11 +423,11 @@ async fn records_a_staging_batch_apart_keep_the_later_one() {
     );
 
     // Two changed records a batch apart: the later one, labels included, is what is stored.
-    env.reset_upstream(&[
+    env.reset_upstream(&pages_of_100(vec![
         vec![room("a", "First", &[1, 3], Some(1))],
         fillers("Filler"),
         vec![room("a", "Second", &[4], Some(1))],
-    ])
+    ]))
     .await;
     let c = env.sync().await.counts.unwrap();
     assert_eq!((c.seen, c.added, c.updated, c.removed), (1101, 0, 1101, 0));

@@ -6,27 +6,22 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use roomsync::lock::SyncLock;
 use roomsync::standin::{settings_for, Fault, FaultKind, OrgSpec, StandIn, StandInConfig};
 use roomsync::store::runs::Trigger;
-use roomsync::store::Store;
-use roomsync::sync::{run_sync, RunReport, SyncOptions};
+use roomsync::sync::{run_once, RunReport, SyncOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use tokio_util::sync::CancellationToken;
 
 async fn sync(standin: &StandIn, db: &Path) -> RunReport {
     let mut settings = settings_for(standin, db.to_path_buf());
     settings.dingtalk.retry_base_delay = std::time::Duration::from_millis(1);
-    let lock = SyncLock::try_acquire(db).unwrap().unwrap();
-    let store = Store::open(db).await.unwrap();
     let options = SyncOptions {
         trigger: Trigger::Manual,
         allow_mass_removal: false,
     };
-    let report = run_sync(&store, &settings, options, &lock, CancellationToken::new())
+    let report = run_once(&settings, options, CancellationToken::new())
         .await
         .unwrap();
-    store.close().await;
     common::assert_foreign_keys_hold(db).await;
     report
 }

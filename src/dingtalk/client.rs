@@ -7,10 +7,10 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use reqwest::header::{HeaderMap, HeaderValue};
-use reqwest::{RequestBuilder, StatusCode, Url};
+use reqwest::header::{HeaderMap, HeaderValue, LOCATION};
+use reqwest::{RequestBuilder, Response, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -18,7 +18,7 @@ use tokio::sync::Mutex;
 
 use super::model::{parse_json, GroupListResponse, RoomListPage, TokenResponse};
 use crate::config::DingTalkSettings;
-use crate::failure::{codes, Failure, Stage};
+use crate::failure::{codes, Failure, Redactor, Stage};
 
 /// Receives every failed attempt, retried or not, as it happens.
 pub type Observer = Arc<dyn Fn(Failure) + Send + Sync>;
@@ -28,14 +28,18 @@ const TOKEN_HEADER: &str = "x-acs-dingtalk-access-token";
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 /// DingTalk documents tokens of 7200 s; used when a token response omits `expireIn`.
 const DEFAULT_TOKEN_LIFETIME: i64 = 7200;
+/// The token lifetimes believed, in seconds: an `expireIn` outside is clamped into it.
+const TOKEN_LIFETIME: std::ops::RangeInclusive<i64> = 60..=86_400;
 
+/// The DingTalk API as one run sees it: requests within the rate limit, retried as DingTalk
+/// asks, with a cached access token.
 pub struct DingTalkClient {
     http: reqwest::Client,
     cfg: DingTalkSettings,
     limiter: DefaultDirectRateLimiter,
     token: Mutex<Option<CachedToken>>,
-    /// The token in use, kept apart from the cache so error messages can be scrubbed of it.
-    current_token: std::sync::Mutex<Option<SecretString>>,
+    /// Knows the secret and every token issued, so no upstream text carries them on.
+    redactor: Redactor,
     observer: Observer,
 }
 
@@ -79,11 +83,19 @@ struct Attempts {
 }
 
 impl DingTalkClient {
-    pub fn new(cfg: DingTalkSettings, observer: Observer) -> anyhow::Result<Self> {
+    /// A client for one run; `redactor` learns every token the client is issued.
+    pub fn new(
+        cfg: DingTalkSettings,
+        observer: Observer,
+        redactor: Redactor,
+    ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("roomsync/", env!("CARGO_PKG_VERSION")))
+            // DingTalk's API does not redirect: a redirect would carry the token (or re-post
+            // the secret) to another origin. Every 3xx fails the request instead.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         // Burst of one: requests are spaced evenly, never more than the limit in any second.
         let period =
@@ -96,9 +108,14 @@ impl DingTalkClient {
             cfg,
             limiter: RateLimiter::direct(quota),
             token: Mutex::new(None),
-            current_token: std::sync::Mutex::new(None),
+            redactor,
             observer,
         })
+    }
+
+    /// The settings the client works with.
+    pub fn settings(&self) -> &DingTalkSettings {
+        &self.cfg
     }
 
     /// One page of the room list; `page` is the 0-based page number for error records.
@@ -152,7 +169,7 @@ impl DingTalkClient {
                         parse_json::<T>(&body).map_err(|e| {
                             AttemptError::new(
                                 Verdict::Fatal,
-                                Failure::new(Stage::Validate, codes::BAD_RESPONSE, e),
+                                Failure::new(Stage::Validate, codes::BAD_RESPONSE, e.to_string()),
                             )
                         })
                     })
@@ -188,7 +205,7 @@ impl DingTalkClient {
                 Err(e) => self.after_failure(&mut attempts, e).await?,
             }
         };
-        *self.current_token.lock().expect("not poisoned") = Some(value.clone());
+        self.redactor.add(&value);
         *cached = Some(CachedToken {
             value: value.clone(),
             refresh_at: Instant::now() + renew_after(lifetime),
@@ -246,9 +263,14 @@ impl DingTalkClient {
             .access_token
             .filter(|t| !t.is_empty())
             .ok_or_else(|| bad("has no accessToken"))?;
-        let lifetime = parsed.expire_in.unwrap_or(DEFAULT_TOKEN_LIFETIME);
-        if lifetime <= 0 {
-            return Err(bad("has an expireIn that is not positive"));
+        let given = parsed.expire_in.unwrap_or(DEFAULT_TOKEN_LIFETIME);
+        let lifetime = given.clamp(*TOKEN_LIFETIME.start(), *TOKEN_LIFETIME.end());
+        if lifetime != given {
+            tracing::warn!(
+                expire_in = given,
+                using_secs = lifetime,
+                "the token answer's expireIn is outside 60..=86400 seconds; using {lifetime} s"
+            );
         }
         Ok((SecretString::from(token), lifetime))
     }
@@ -259,10 +281,10 @@ impl DingTalkClient {
         let response = request.send().await.map_err(|e| network_error(stage, &e))?;
         let status = response.status();
         let header_request_id = request_id_header(response.headers());
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| network_error(stage, &e))?;
+        if status.is_redirection() {
+            return Err(redirect_error(stage, &response));
+        }
+        let body = read_body(response, self.cfg.max_response_bytes, stage).await?;
         if !status.is_success() {
             return Err(error_response(stage, status, header_request_id, &body));
         }
@@ -300,7 +322,7 @@ impl DingTalkClient {
             }
         };
         failure.retried = delay.is_some();
-        failure.message = self.scrub(failure.message);
+        let failure = self.redactor.failure(failure);
         match delay {
             Some(delay) => {
                 tracing::warn!(error = %failure, retry_in_ms = delay.as_millis() as u64, "request failed, retrying");
@@ -325,16 +347,6 @@ impl DingTalkClient {
         let capped = exp.min(MAX_RETRY_DELAY);
         capped.mul_f64(0.5 + fastrand::f64() * 0.5)
     }
-
-    /// Defence in depth: no error message leaves the client with the secret or a token in it.
-    fn scrub(&self, message: String) -> String {
-        let token = self.current_token.lock().expect("not poisoned").clone();
-        let mut message = scrub(message, &self.cfg.app_secret);
-        if let Some(token) = token {
-            message = scrub(message, &token);
-        }
-        message
-    }
 }
 
 /// How long a token of `lifetime` seconds is used: until a tenth of its lifetime, at most five
@@ -342,17 +354,6 @@ impl DingTalkClient {
 fn renew_after(lifetime: i64) -> Duration {
     let lifetime = Duration::from_secs(lifetime.max(0) as u64);
     lifetime - (lifetime / 10).min(Duration::from_secs(300))
-}
-
-/// Replaces `secret` in `message`. Values shorter than 8 characters are left alone: real app
-/// secrets and tokens are far longer, and a short value would match ordinary words.
-fn scrub(message: String, secret: &SecretString) -> String {
-    let secret = secret.expose_secret();
-    if secret.len() >= 8 && message.contains(secret) {
-        message.replace(secret, "[redacted]")
-    } else {
-        message
-    }
 }
 
 fn token_header(token: &SecretString) -> Result<HeaderValue, AttemptError> {
@@ -369,6 +370,70 @@ fn token_header(token: &SecretString) -> Result<HeaderValue, AttemptError> {
     // Marked sensitive so that HTTP-level debug output never shows it.
     value.set_sensitive(true);
     Ok(value)
+}
+
+/// A 3xx answer: never followed. The message names the status and the target's host, not its
+/// path or query (which could carry anything).
+fn redirect_error(stage: Stage, response: &Response) -> AttemptError {
+    let target = response
+        .headers()
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|location| response.url().join(location).ok());
+    let host = match target.as_ref().and_then(|u| u.host_str()) {
+        Some(host) => match target.as_ref().and_then(Url::port) {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        },
+        None => "an unknown location".to_string(),
+    };
+    let failure = Failure {
+        http_status: Some(response.status().as_u16()),
+        request_id: request_id_header(response.headers()),
+        ..Failure::new(
+            stage,
+            codes::REDIRECT,
+            format!(
+                "the server redirected to {host}; DingTalk's API does not redirect, so the \
+                 redirect was not followed (check dingtalk.base_url)"
+            ),
+        )
+    };
+    AttemptError::new(Verdict::Fatal, failure)
+}
+
+/// Reads a body chunk by chunk, up to `limit` bytes: a longer one is never buffered whole.
+async fn read_body(
+    mut response: Response,
+    limit: u64,
+    stage: Stage,
+) -> Result<Bytes, AttemptError> {
+    let status = response.status().as_u16();
+    let too_large = || {
+        let message =
+            format!("the response body is longer than dingtalk.max_response_bytes ({limit} bytes)");
+        let failure = Failure {
+            http_status: Some(status),
+            ..Failure::new(stage, codes::TOO_LARGE, message)
+        };
+        AttemptError::new(Verdict::Fatal, failure)
+    };
+    let announced = response.content_length();
+    if announced.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = BytesMut::with_capacity(announced.unwrap_or(64 * 1024).min(limit) as usize);
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| network_error(stage, &e))?
+    {
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 fn request_id_header(headers: &HeaderMap) -> Option<String> {
@@ -473,16 +538,6 @@ mod tests {
         assert_eq!(renew_after(7200), Duration::from_secs(6900));
         assert_eq!(renew_after(600), Duration::from_secs(540));
         assert_eq!(renew_after(1), Duration::from_millis(900));
-    }
-
-    #[test]
-    fn secrets_are_scrubbed_from_messages() {
-        let secret = SecretString::from("0123456789abcdef");
-        assert_eq!(
-            scrub("bad secret 0123456789abcdef!".into(), &secret),
-            "bad secret [redacted]!"
-        );
-        assert_eq!(scrub("short s".into(), &SecretString::from("s")), "short s");
     }
 
     #[test]

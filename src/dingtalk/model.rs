@@ -18,6 +18,7 @@ pub struct RoomListPage {
     pub result: Option<Vec<RawRoom>>,
 }
 
+/// A room record as sent; [`RawRoom::validate`] makes a [`Room`] of it.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RawRoom {
@@ -120,40 +121,79 @@ pub struct Label {
     pub label_name: Option<String>,
 }
 
+/// A body that is not the documented JSON.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Not JSON at all, or cut off.
+    #[error("{reason}")]
+    Malformed { reason: String },
+    /// A field of the wrong type (e.g. `result[3].roomCapacity`).
+    #[error("{path}: {reason}")]
+    Field { path: String, reason: String },
+}
+
+/// A record the mirror cannot do without a part of; `index` is the record's place on its page.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidRecord {
+    #[error("result[{index}]: room without roomId")]
+    NoRoomId { index: usize },
+    #[error("result[{index}] (roomId {room_id:?}).roomGroup: {source}")]
+    Group {
+        index: usize,
+        room_id: String,
+        source: NoGroupId,
+    },
+    #[error("result[{index}] (roomId {room_id:?}).roomLabels[{label}]: label without labelId")]
+    NoLabelId {
+        index: usize,
+        room_id: String,
+        label: usize,
+    },
+}
+
+/// A room group without `groupId`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("group without groupId")]
+pub struct NoGroupId;
+
 /// Parses a JSON body, naming the path of the offending field on error
 /// (e.g. `result[3].roomCapacity: invalid type: string "ten", expected i64`).
-pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ParseError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
+        let reason = e.into_inner().to_string();
         if path == "." {
-            e.into_inner().to_string()
+            ParseError::Malformed { reason }
         } else {
-            format!("{path}: {}", e.into_inner())
+            ParseError::Field { path, reason }
         }
     })
 }
 
 impl RawRoom {
     /// Checks what the mirror cannot do without; `index` is the record's place on its page.
-    pub fn validate(self, index: usize) -> Result<Room, String> {
+    pub fn validate(self, index: usize) -> Result<Room, InvalidRecord> {
         let room_id = match self.room_id {
             Some(id) if !id.is_empty() => id,
-            _ => return Err(format!("result[{index}]: room without roomId")),
+            _ => return Err(InvalidRecord::NoRoomId { index }),
         };
         let group = match self.room_group {
             None => None,
-            Some(g) => Some(
-                g.validate()
-                    .map_err(|e| format!("result[{index}] (roomId {room_id:?}).roomGroup: {e}"))?,
-            ),
+            Some(g) => Some(g.validate().map_err(|source| InvalidRecord::Group {
+                index,
+                room_id: room_id.clone(),
+                source,
+            })?),
         };
         let mut labels: Vec<Label> = Vec::new();
         for (i, l) in self.room_labels.unwrap_or_default().into_iter().enumerate() {
             let Some(label_id) = l.label_id else {
-                return Err(format!(
-                    "result[{index}] (roomId {room_id:?}).roomLabels[{i}]: label without labelId"
-                ));
+                return Err(InvalidRecord::NoLabelId {
+                    index,
+                    room_id,
+                    label: i,
+                });
             };
             // A repeated label id on one room: the later entry wins, as with repeated rooms.
             match labels.iter_mut().find(|x| x.label_id == label_id) {
@@ -186,8 +226,9 @@ impl RawRoom {
 }
 
 impl RawGroup {
-    pub fn validate(self) -> Result<Group, String> {
-        let group_id = self.group_id.ok_or("group without groupId")?;
+    /// A group needs its id.
+    pub fn validate(self) -> Result<Group, NoGroupId> {
+        let group_id = self.group_id.ok_or(NoGroupId)?;
         Ok(Group {
             group_id,
             group_name: self.group_name,
@@ -204,7 +245,7 @@ mod tests {
     fn wrong_type_names_the_field() {
         let body =
             br#"{"hasMore":false,"result":[{"roomId":"a"},{"roomId":"b","roomCapacity":"ten"}]}"#;
-        let err = parse_json::<RoomListPage>(body).unwrap_err();
+        let err = parse_json::<RoomListPage>(body).unwrap_err().to_string();
         assert!(
             err.starts_with("result[1].roomCapacity: invalid type"),
             "{err}"
@@ -239,7 +280,7 @@ mod tests {
                 .unwrap()
                 .validate(0)
                 .unwrap_err();
-            assert_eq!(err, "result[0]: room without roomId");
+            assert_eq!(err.to_string(), "result[0]: room without roomId");
         }
     }
 
@@ -282,7 +323,7 @@ mod tests {
             .unwrap()
             .validate(0)
             .unwrap_err();
-        assert!(err.contains("label without labelId"), "{err}");
+        assert!(err.to_string().contains("label without labelId"), "{err}");
         let body = br#"{"result":[{"roomId":"a","roomGroup":{"groupName":"G"}}]}"#;
         let mut page = parse_json::<RoomListPage>(body).unwrap();
         let err = page
@@ -293,6 +334,6 @@ mod tests {
             .unwrap()
             .validate(0)
             .unwrap_err();
-        assert!(err.contains("group without groupId"), "{err}");
+        assert!(err.to_string().contains("group without groupId"), "{err}");
     }
 }

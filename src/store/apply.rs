@@ -5,13 +5,14 @@
 //! Every write is conditional on a difference, so a resync with no upstream change writes no
 //! row of rooms, labels, room_labels or room_groups.
 
+use std::future::Future;
 use std::time::{Duration, Instant, SystemTime};
 
 use sqlx::sqlite::SqliteConnection;
 use sqlx::Connection;
 
 use super::runs::now_rfc3339;
-use super::staging::Staging;
+use super::staging::{StagedChange, Staging};
 
 /// The room columns DingTalk supplies, besides the key: compared and copied by the apply, and
 /// named in `room_changes.changed_fields`.
@@ -31,6 +32,7 @@ pub const SYNCED_ROOM_COLUMNS: [&str; 10] = [
 /// The name `changed_fields` uses for a change of a room's label set.
 pub const LABELS_FIELD: &str = "labels";
 
+/// What the apply needs besides the staged rows.
 pub struct ApplyRequest {
     pub run_id: i64,
     pub pages_fetched: u32,
@@ -42,16 +44,21 @@ pub struct ApplyRequest {
     pub keep_changes_days: u32,
 }
 
+/// What an applied run changed, as recorded in its `sync_runs` row.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ApplyCounts {
+    /// Distinct rooms in the listing.
     pub seen: u64,
+    /// New and reappearing rooms.
     pub added: u64,
     pub updated: u64,
     pub removed: u64,
 }
 
+/// How an apply ended; an error rolls everything back instead.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ApplyOutcome {
+    /// Committed: the data, the change feed and the run row.
     Applied(ApplyCounts),
     /// Nothing was changed: the listing would have removed more rooms than the guard allows.
     Guarded {
@@ -66,156 +73,176 @@ pub fn removal_limit(active: u64, ratio: f64) -> f64 {
     (ratio * active as f64).max(5.0)
 }
 
+/// Applies the staged listing in one `BEGIN IMMEDIATE` transaction, step by step.
 pub async fn apply(staging: &mut Staging, req: &ApplyRequest) -> sqlx::Result<ApplyOutcome> {
-    // Settings for the apply alone (the staging connection closes after the run):
-    // - a larger page cache than SQLite's 2 MB default, so that a large apply keeps the indexes
-    //   it writes in memory instead of re-reading spilled pages;
-    // - no foreign-key enforcement. Every reference the apply writes points at a row that it
-    //   keeps or writes in the same transaction: each staged room's group and labels are staged
-    //   too, links are written only for rooms that are written, and nothing is ever deleted
-    //   from rooms, labels or room_groups. SQLite's lookups per row would only cost time, a
-    //   quarter of an initial 100k-room apply. The tests run `PRAGMA foreign_key_check` after
-    //   every sync.
     let conn = staging.connection();
-    sqlx::query("PRAGMA main.cache_size = -8192")
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("PRAGMA foreign_keys = OFF")
-        .execute(&mut *conn)
-        .await?;
-    let mut steps = Steps::start();
+    prepare_connection(conn).await?;
+    let mut steps = Steps::default();
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
     let now = now_rfc3339();
-
-    let would_remove = count(
-        &mut tx,
-        "SELECT COUNT(*) FROM main.rooms
-         WHERE removed_at IS NULL AND room_id IN (SELECT room_id FROM temp.stage_removed)",
-    )
-    .await?;
-    // The limit is never below 5 rooms: only a larger removal needs the count of active rooms
-    // (a scan of the rooms table).
-    if would_remove as f64 > removal_limit(0, req.max_removal_ratio) && !req.allow_mass_removal {
-        let active = count(
-            &mut tx,
-            "SELECT COUNT(*) FROM main.rooms WHERE removed_at IS NULL",
-        )
-        .await?;
-        let limit = removal_limit(active, req.max_removal_ratio);
-        if would_remove as f64 > limit {
-            tx.rollback().await?;
-            return Ok(ApplyOutcome::Guarded {
-                would_remove,
-                active,
-                limit,
-            });
-        }
+    if let Some(guarded) = steps.time("guard", removal_guard(&mut tx, req)).await? {
+        tx.rollback().await?;
+        return Ok(guarded);
     }
-
-    steps.mark("guard");
-    settle_candidates(&mut tx).await?;
-    steps.mark("settle");
-    let (added, updated): (i64, i64) = sqlx::query_as(
-        "SELECT COALESCE(SUM(change IN ('added', 'restored')), 0),
-                COALESCE(SUM(change = 'updated'), 0)
-         FROM temp.stage_rooms",
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    let (added, updated) = (added as u64, updated as u64);
-
-    // Groups and labels first: rooms and links refer to them.
-    write_groups(&mut tx, &now).await?;
-    steps.mark("groups");
-    execute(
-        &mut tx,
-        "INSERT INTO main.labels (label_id, label_name)
-         SELECT label_id, label_name FROM temp.stage_labels WHERE true
-         ON CONFLICT (label_id) DO UPDATE SET label_name = excluded.label_name
-         WHERE labels.label_name IS NOT excluded.label_name",
-        &[],
-    )
-    .await?;
-    write_rooms(&mut tx, &now, &mut steps).await?;
-    record_changes(&mut tx, req, &now).await?;
-    steps.mark("changes");
-    let removed = execute(
-        &mut tx,
-        "UPDATE main.rooms SET removed_at = ?1
-         WHERE removed_at IS NULL AND room_id IN (SELECT room_id FROM temp.stage_removed)",
-        &[&now],
-    )
-    .await?;
-    // Fingerprints are kept for active rooms only (a restored room gets its row back below).
-    execute(
-        &mut tx,
-        "DELETE FROM main.roomsync_room_fingerprints
-         WHERE room_id IN (SELECT room_id FROM temp.stage_removed)",
-        &[],
-    )
-    .await?;
-    execute(
-        &mut tx,
-        "INSERT INTO main.roomsync_room_fingerprints (room_id, fingerprint)
-         SELECT room_id, fingerprint FROM temp.stage_rooms WHERE true
-         ON CONFLICT (room_id) DO UPDATE SET fingerprint = excluded.fingerprint
-         WHERE roomsync_room_fingerprints.fingerprint IS NOT excluded.fingerprint",
-        &[],
-    )
-    .await?;
-
+    let settled = steps.time("settle", settle_changes(&mut tx)).await?;
+    steps.time("groups", write_groups(&mut tx, &now)).await?;
+    steps.time("labels", write_labels(&mut tx)).await?;
+    steps.time("rooms", write_rooms(&mut tx, &now)).await?;
+    steps
+        .time("label links", write_label_links(&mut tx))
+        .await?;
+    steps
+        .time("changes", record_changes(&mut tx, req, &now))
+        .await?;
+    let removed = steps.time("removals", mark_removed(&mut tx, &now)).await?;
+    steps
+        .time("fingerprints", keep_fingerprints(&mut tx))
+        .await?;
     let counts = ApplyCounts {
         seen: req.rooms_seen,
-        added,
-        updated,
+        added: settled.added,
+        updated: settled.updated,
         removed,
     };
-    sqlx::query(
-        "UPDATE main.sync_runs SET status = 'succeeded', finished_at = ?2, pages_fetched = ?3,
-             rooms_seen = ?4, rooms_added = ?5, rooms_updated = ?6, rooms_removed = ?7, error = NULL
-         WHERE run_id = ?1",
-    )
-    .bind(req.run_id)
-    .bind(now_rfc3339())
-    .bind(req.pages_fetched)
-    .bind(counts.seen as i64)
-    .bind(added as i64)
-    .bind(updated as i64)
-    .bind(removed as i64)
-    .execute(&mut *tx)
-    .await?;
-    steps.mark("removals, fingerprints");
-    tx.commit().await?;
-    steps.mark("commit");
+    steps
+        .time("run row", finish_run(&mut tx, req, &counts))
+        .await?;
+    steps.time("commit", tx.commit()).await?;
     steps.log();
     Ok(ApplyOutcome::Applied(counts))
 }
 
-/// Settles `stage_rooms.change`. The ledger staged rooms as `added` (the mirror was empty) or
-/// `unknown`; an unknown room is `added` (not in the mirror), `restored` (removed), or an active
-/// room whose fingerprint differs: `updated` with the names of the differing columns (and
-/// `labels` when the label set differs), or NULL when nothing differs.
-async fn settle_candidates(conn: &mut SqliteConnection) -> sqlx::Result<()> {
-    // Nothing staged as unknown (a sync into an empty mirror stages every room as added).
-    let unknown: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM temp.stage_rooms WHERE change = 'unknown')",
+/// Settings for the apply alone (the staging connection closes after the run).
+async fn prepare_connection(conn: &mut SqliteConnection) -> sqlx::Result<()> {
+    // A larger page cache than SQLite's 2 MB default, so that a large apply keeps the indexes
+    // it writes in memory instead of re-reading spilled pages.
+    execute(conn, "PRAGMA main.cache_size = -8192", &[]).await?;
+    // No foreign-key enforcement. Every reference the apply writes points at a row that it
+    // keeps or writes in the same transaction: each staged room's group and labels are staged
+    // too, links are written only for rooms that are written, and nothing is ever deleted from
+    // rooms, labels or room_groups. SQLite's lookups per row would only cost time, a quarter of
+    // an initial 100k-room apply. The tests run `PRAGMA foreign_key_check` after every sync.
+    execute(conn, "PRAGMA foreign_keys = OFF", &[]).await?;
+    Ok(())
+}
+
+/// The mass-removal guard: `Some(Guarded)` when the listing would remove more active rooms
+/// than `max(5, ratio x active)`, or every active room (an empty listing), and the run may not.
+async fn removal_guard(
+    conn: &mut SqliteConnection,
+    req: &ApplyRequest,
+) -> sqlx::Result<Option<ApplyOutcome>> {
+    let would_remove = count(
+        conn,
+        "SELECT COUNT(*) FROM main.rooms
+         WHERE removed_at IS NULL AND room_id IN (SELECT room_id FROM temp.stage_removed)",
     )
+    .await?;
+    if req.allow_mass_removal || would_remove == 0 {
+        return Ok(None);
+    }
+    // An empty listing never wipes a mirror, however small: it is what a misconfigured app
+    // or a broken upstream sends.
+    if req.rooms_seen == 0 {
+        return Ok(Some(ApplyOutcome::Guarded {
+            would_remove,
+            active: would_remove,
+            limit: 0.0,
+        }));
+    }
+    // The limit is never below 5 rooms: only a larger removal needs the count of active rooms
+    // (a scan of the rooms table).
+    if would_remove as f64 <= removal_limit(0, req.max_removal_ratio) {
+        return Ok(None);
+    }
+    let active = count(
+        conn,
+        "SELECT COUNT(*) FROM main.rooms WHERE removed_at IS NULL",
+    )
+    .await?;
+    let limit = removal_limit(active, req.max_removal_ratio);
+    Ok(
+        (would_remove as f64 > limit).then_some(ApplyOutcome::Guarded {
+            would_remove,
+            active,
+            limit,
+        }),
+    )
+}
+
+/// Rooms added (new or back) and updated, once the staged changes are settled.
+struct Settled {
+    added: u64,
+    updated: u64,
+}
+
+/// Settles every staged room's change (see [`settle_candidates`]) and counts the results.
+async fn settle_changes(conn: &mut SqliteConnection) -> sqlx::Result<Settled> {
+    settle_candidates(conn).await?;
+    let (added, updated): (i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(SUM(change IN (?1, ?2)), 0), COALESCE(SUM(change = ?3), 0)
+         FROM temp.stage_rooms",
+    )
+    .bind(StagedChange::Added.as_str())
+    .bind(StagedChange::Restored.as_str())
+    .bind(StagedChange::Updated.as_str())
     .fetch_one(&mut *conn)
     .await?;
-    if !unknown {
+    Ok(Settled {
+        added: added as u64,
+        updated: updated as u64,
+    })
+}
+
+/// Settles `stage_rooms.change`. The ledger staged rooms as `added` (the mirror was empty) or
+/// `differs`; a differing room is `added` (not in the mirror), `restored` (removed), or a
+/// `candidate`: an active room whose fingerprint differs, then `updated` with the names of the
+/// differing columns (and `labels` when the label set differs), or NULL when nothing differs.
+async fn settle_candidates(conn: &mut SqliteConnection) -> sqlx::Result<()> {
+    use StagedChange::{Added, Candidate, Differs, Restored, Updated};
+    // Nothing staged as differing (a sync into an empty mirror stages every room as added).
+    let differs: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM temp.stage_rooms WHERE change = ?1)")
+            .bind(Differs.as_str())
+            .fetch_one(&mut *conn)
+            .await?;
+    if !differs {
         return Ok(());
     }
     sqlx::query(
         "UPDATE temp.stage_rooms AS s
-            SET change = CASE WHEN r.removed_at IS NULL THEN 'candidate' ELSE 'restored' END
+            SET change = CASE WHEN r.removed_at IS NULL THEN ?2 ELSE ?3 END
            FROM main.rooms AS r
-          WHERE r.room_id = s.room_id AND s.change = 'unknown'",
+          WHERE r.room_id = s.room_id AND s.change = ?1",
     )
+    .bind(Differs.as_str())
+    .bind(Candidate.as_str())
+    .bind(Restored.as_str())
     .execute(&mut *conn)
     .await?;
-    sqlx::query("UPDATE temp.stage_rooms SET change = 'added' WHERE change = 'unknown'")
+    sqlx::query("UPDATE temp.stage_rooms SET change = ?2 WHERE change = ?1")
+        .bind(Differs.as_str())
+        .bind(Added.as_str())
         .execute(&mut *conn)
         .await?;
+    sqlx::query(&changed_fields_sql())
+        .bind(Candidate.as_str())
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "UPDATE temp.stage_rooms SET change = CASE WHEN changed_fields <> '[]' THEN ?2 END
+         WHERE change = ?1",
+    )
+    .bind(Candidate.as_str())
+    .bind(Updated.as_str())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The statement that sets `changed_fields` of every candidate (`?1`): a JSON array of the
+/// columns that differ from the active row, plus `labels` when the label set differs.
+fn changed_fields_sql() -> String {
     let mut checks: Vec<String> = SYNCED_ROOM_COLUMNS
         .iter()
         .map(|c| format!("SELECT '{c}' AS field WHERE r.{c} IS NOT s.{c}"))
@@ -229,21 +256,13 @@ async fn settle_candidates(conn: &mut SqliteConnection) -> sqlx::Result<()> {
                       AND NOT EXISTS (SELECT 1 FROM temp.stage_room_labels AS sl
                                       WHERE sl.room_id = rl.room_id AND sl.label_id = rl.label_id))"
     ));
-    let sql = format!(
+    format!(
         "UPDATE temp.stage_rooms AS s
             SET changed_fields = (SELECT json_group_array(field) FROM ({}))
            FROM main.rooms AS r
-          WHERE r.room_id = s.room_id AND s.change = 'candidate'",
+          WHERE r.room_id = s.room_id AND s.change = ?1",
         checks.join(" UNION ALL ")
-    );
-    sqlx::query(&sql).execute(&mut *conn).await?;
-    sqlx::query(
-        "UPDATE temp.stage_rooms SET change = CASE WHEN changed_fields <> '[]' THEN 'updated' END
-         WHERE change = 'candidate'",
     )
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
 }
 
 /// Every staged group is present upstream: upserted, and restored if it was removed. Groups
@@ -271,12 +290,22 @@ async fn write_groups(conn: &mut SqliteConnection, now: &str) -> sqlx::Result<()
     Ok(())
 }
 
-/// New rooms, changed and reappearing rooms, and the label links of all of them.
-async fn write_rooms(
-    conn: &mut SqliteConnection,
-    now: &str,
-    steps: &mut Steps,
-) -> sqlx::Result<()> {
+/// Labels: every label the listing names, with its latest name.
+async fn write_labels(conn: &mut SqliteConnection) -> sqlx::Result<()> {
+    execute(
+        conn,
+        "INSERT INTO main.labels (label_id, label_name)
+         SELECT label_id, label_name FROM temp.stage_labels WHERE true
+         ON CONFLICT (label_id) DO UPDATE SET label_name = excluded.label_name
+         WHERE labels.label_name IS NOT excluded.label_name",
+        &[],
+    )
+    .await?;
+    Ok(())
+}
+
+/// New rooms, and changed and reappearing rooms.
+async fn write_rooms(conn: &mut SqliteConnection, now: &str) -> sqlx::Result<()> {
     let columns = SYNCED_ROOM_COLUMNS.join(", ");
     execute(
         conn,
@@ -287,7 +316,6 @@ async fn write_rooms(
         &[now],
     )
     .await?;
-    steps.mark("rooms added");
     let assignments: Vec<String> = SYNCED_ROOM_COLUMNS
         .iter()
         .map(|c| format!("{c} = s.{c}"))
@@ -303,7 +331,11 @@ async fn write_rooms(
         &[now],
     )
     .await?;
-    steps.mark("rooms updated");
+    Ok(())
+}
+
+/// The label links of every written room: links it no longer has go, new ones come.
+async fn write_label_links(conn: &mut SqliteConnection) -> sqlx::Result<()> {
     // Only rooms that were already in the mirror can have links to drop.
     execute(
         conn,
@@ -324,7 +356,6 @@ async fn write_rooms(
         &[],
     )
     .await?;
-    steps.mark("label links");
     Ok(())
 }
 
@@ -373,6 +404,62 @@ async fn record_changes(
     Ok(())
 }
 
+/// Marks the active rooms the listing no longer has as removed; returns how many.
+async fn mark_removed(conn: &mut SqliteConnection, now: &str) -> sqlx::Result<u64> {
+    execute(
+        conn,
+        "UPDATE main.rooms SET removed_at = ?1
+         WHERE removed_at IS NULL AND room_id IN (SELECT room_id FROM temp.stage_removed)",
+        &[now],
+    )
+    .await
+}
+
+/// Fingerprints are kept for active rooms only: a removed room's row goes, every staged room's
+/// row is written (a restored room gets its row back).
+async fn keep_fingerprints(conn: &mut SqliteConnection) -> sqlx::Result<()> {
+    execute(
+        conn,
+        "DELETE FROM main.roomsync_room_fingerprints
+         WHERE room_id IN (SELECT room_id FROM temp.stage_removed)",
+        &[],
+    )
+    .await?;
+    execute(
+        conn,
+        "INSERT INTO main.roomsync_room_fingerprints (room_id, fingerprint)
+         SELECT room_id, fingerprint FROM temp.stage_rooms WHERE true
+         ON CONFLICT (room_id) DO UPDATE SET fingerprint = excluded.fingerprint
+         WHERE roomsync_room_fingerprints.fingerprint IS NOT excluded.fingerprint",
+        &[],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The run row: `succeeded`, with its counts, in the same transaction as the data.
+async fn finish_run(
+    conn: &mut SqliteConnection,
+    req: &ApplyRequest,
+    counts: &ApplyCounts,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE main.sync_runs SET status = 'succeeded', finished_at = ?2, pages_fetched = ?3,
+             rooms_seen = ?4, rooms_added = ?5, rooms_updated = ?6, rooms_removed = ?7, error = NULL
+         WHERE run_id = ?1",
+    )
+    .bind(req.run_id)
+    .bind(now_rfc3339())
+    .bind(req.pages_fetched)
+    .bind(counts.seen as i64)
+    .bind(counts.added as i64)
+    .bind(counts.updated as i64)
+    .bind(counts.removed as i64)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Runs one statement with text parameters; returns the rows it changed.
 async fn execute(conn: &mut SqliteConnection, sql: &str, params: &[&str]) -> sqlx::Result<u64> {
     let mut query = sqlx::query(sql);
@@ -389,30 +476,37 @@ async fn count(conn: &mut SqliteConnection, sql: &str) -> sqlx::Result<u64> {
 
 /// Milliseconds per step of the apply, logged at debug level: where a large apply spends its
 /// time.
+#[derive(Default)]
 struct Steps {
-    last: Instant,
-    done: Vec<(&'static str, u128)>,
+    done: Vec<StepTime>,
+}
+
+struct StepTime {
+    step: &'static str,
+    ms: u128,
 }
 
 impl Steps {
-    fn start() -> Steps {
-        Steps {
-            last: Instant::now(),
-            done: Vec::new(),
-        }
-    }
-
-    fn mark(&mut self, step: &'static str) {
-        let now = Instant::now();
-        self.done.push((step, (now - self.last).as_millis()));
-        self.last = now;
+    /// Runs one step and notes how long it took.
+    async fn time<T>(
+        &mut self,
+        step: &'static str,
+        work: impl Future<Output = sqlx::Result<T>>,
+    ) -> sqlx::Result<T> {
+        let started = Instant::now();
+        let result = work.await;
+        self.done.push(StepTime {
+            step,
+            ms: started.elapsed().as_millis(),
+        });
+        result
     }
 
     fn log(&self) {
         let steps: Vec<String> = self
             .done
             .iter()
-            .map(|(s, ms)| format!("{s} {ms}"))
+            .map(|t| format!("{} {}", t.step, t.ms))
             .collect();
         tracing::debug!(steps = %steps.join(", "), "apply steps (ms)");
     }

@@ -7,8 +7,8 @@ fn decode(e: serde_json::Error) -> sqlx::Error {
     sqlx::Error::Decode(Box::new(e))
 }
 
-/// What a run starts from.
-pub struct Mirror {
+/// What a run starts from: the active rooms' fingerprints and the room counts.
+pub struct MirrorSummary {
     /// The fingerprints of the active rooms that have one.
     pub fingerprints: Vec<i64>,
     /// All rooms, active or removed.
@@ -23,7 +23,7 @@ pub struct Mirror {
 /// it hold more rows than there are active rooms (a mirror edited by hand), the fingerprints
 /// are read again through the rooms table, since one of a removed or deleted room would pass a
 /// returning room for unchanged.
-pub async fn load_mirror(pool: &SqlitePool) -> sqlx::Result<Mirror> {
+pub async fn load_mirror_summary(pool: &SqlitePool) -> sqlx::Result<MirrorSummary> {
     let (json, kept, rooms, active_rooms): (String, i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT json_group_array(fingerprint) FROM roomsync_room_fingerprints),
                 (SELECT COUNT(*) FROM roomsync_room_fingerprints),
@@ -44,7 +44,7 @@ pub async fn load_mirror(pool: &SqlitePool) -> sqlx::Result<Mirror> {
         json
     };
     let fingerprints = serde_json::from_str(&json).map_err(decode)?;
-    Ok(Mirror {
+    Ok(MirrorSummary {
         fingerprints,
         rooms,
         active_rooms,

@@ -1,6 +1,6 @@
-//! The SQLite mirror: opening it safely, migrations, and the run/error records.
-//!
-//! Staging and the all-or-nothing apply live in [`staging`] and [`apply`].
+//! The SQLite mirror: opening it safely and migrating it. The run and error records live in
+//! [`runs`], the fingerprints of synced rooms in [`fingerprints`], staging and the
+//! all-or-nothing apply in [`staging`] and [`apply`].
 
 pub mod apply;
 pub mod fingerprints;
@@ -18,12 +18,21 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Connection};
 
+/// The schema's migrations, embedded in the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// How long a statement waits for another connection's lock before giving up. Readers never
 /// block a WAL writer; this covers another writer (the error recorder, a second process).
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The size SQLite trims the `-wal` file back to when roomsync restarts the WAL after a
+/// checkpoint (the start of every run, [`runs::start_run`]). Without it the file keeps the size
+/// of the largest transaction ever written (an initial sync of a large organisation) for as
+/// long as roomsync runs. 4 MiB: about the 1,000 pages at which SQLite and Litestream
+/// checkpoint.
+pub const WAL_SIZE_LIMIT: u64 = 4 * 1024 * 1024;
+
+/// Why the mirror could not be opened; nothing was changed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{path} is not an SQLite database; refusing to touch it")]
@@ -43,6 +52,8 @@ pub enum StoreError {
     },
     #[error("database {path}: {source}")]
     Sqlx { path: PathBuf, source: sqlx::Error },
+    #[error("database {path} cannot be written ({source}); check the owner and mode of the file, its -wal and -shm files and its directory")]
+    NotWritable { path: PathBuf, source: sqlx::Error },
     #[error("database {path}: migration failed: {source}")]
     Migrate {
         path: PathBuf,
@@ -92,6 +103,10 @@ impl Store {
             // NORMAL is durable across application crashes in WAL mode and much cheaper than FULL.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
+            // The -wal file shrinks back to this size when roomsync restarts the WAL. roomsync's
+            // checkpoints are all PASSIVE (SQLite's automatic ones, one as a run starts): no
+            // TRUNCATE, RESTART or VACUUM, as Litestream asks (docs/replication.md).
+            .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string())
             .foreign_keys(true);
         if !already_wal {
             // WAL: readers keep reading the previous state while a sync applies the new one.
@@ -125,14 +140,36 @@ impl Store {
         })
     }
 
+    /// Proves the database, its `-wal` and `-shm` files can be written: a write transaction
+    /// that records nothing. A database opened read-only (its file not writable) fails here.
+    pub async fn check_writable(&self) -> Result<(), StoreError> {
+        let sqlx_err = |source| StoreError::NotWritable {
+            path: self.path.clone(),
+            source,
+        };
+        let mut conn = self.pool.acquire().await.map_err(sqlx_err)?;
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *conn)
+            .await
+            .map_err(sqlx_err)?;
+        sqlx::query("ROLLBACK")
+            .execute(&mut *conn)
+            .await
+            .map_err(sqlx_err)?;
+        Ok(())
+    }
+
+    /// The connection pool (one connection stays open while the store is).
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 
+    /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// Closes every connection.
     pub async fn close(self) {
         self.pool.close().await;
     }
@@ -143,8 +180,6 @@ pub fn known_schema_version() -> i64 {
     MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
 }
 
-/// Looks at an existing file without changing it: the SQLite header, then (read-only) the
-/// migration table.
 /// A read-only connection that never creates or changes the file (it may wait out a lock for up
 /// to [`BUSY_TIMEOUT`]).
 pub async fn open_read_only(path: &Path) -> sqlx::Result<sqlx::SqliteConnection> {
@@ -156,7 +191,8 @@ pub async fn open_read_only(path: &Path) -> sqlx::Result<sqlx::SqliteConnection>
         .await
 }
 
-/// Returns whether the file is already in WAL mode.
+/// Looks at an existing file without changing it: the SQLite header, then (read-only) the
+/// migration table. Returns whether the file is already in WAL mode.
 async fn preflight(path: &Path) -> Result<bool, StoreError> {
     let mut header = [0u8; 20];
     let len = match std::fs::File::open(path) {
@@ -185,8 +221,11 @@ async fn preflight(path: &Path) -> Result<bool, StoreError> {
         source,
     };
     let mut conn = open_read_only(path).await.map_err(sqlx_err)?;
+    // Litestream's bookkeeping tables (`_litestream_seq`, `_litestream_lock`) say nothing about
+    // whose database it is: Litestream may create them before roomsync's first migration.
     let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'
+           AND name NOT IN ('_litestream_seq', '_litestream_lock')",
     )
     .fetch_all(&mut conn)
     .await
@@ -231,5 +270,35 @@ impl StoreError {
             .and_then(|e| e.code())
             .and_then(|code| code.parse::<u32>().ok())
             .is_some_and(|code| matches!(code & 0xff, 5 | 6))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MIGRATOR;
+
+    /// sqlx refuses a database whose applied migrations differ from the binary's by checksum:
+    /// editing a released migration, even a comment in it, would lock every existing mirror
+    /// out. Add a migration instead.
+    #[test]
+    fn released_migrations_never_change() {
+        let released = [
+            (1, "99e9afc1687b2f4e"),
+            (2, "e6f44dc014611aee"),
+            (3, "305d1c67bdf1fcf5"),
+            (4, "9cbba6d118ff93f6"),
+            (5, "5e8f79bb8cb85f25"),
+        ];
+        for (version, checksum) in released {
+            let migration = MIGRATOR
+                .iter()
+                .find(|m| m.version == version)
+                .expect("released migrations stay");
+            let hex: String = migration.checksum[..8]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(hex, checksum, "migration {version} was edited");
+        }
     }
 }

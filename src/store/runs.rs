@@ -14,6 +14,7 @@ pub enum Trigger {
 }
 
 impl Trigger {
+    /// The value stored in `sync_runs.trigger`.
     pub fn as_str(self) -> &'static str {
         match self {
             Trigger::Manual => "manual",
@@ -33,6 +34,7 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
+    /// The value stored in `sync_runs.status`.
     pub fn as_str(self) -> &'static str {
         match self {
             RunStatus::Running => "running",
@@ -62,38 +64,64 @@ pub async fn close_abandoned_runs(pool: &SqlitePool) -> sqlx::Result<u64> {
     Ok(done.rows_affected())
 }
 
+/// Records the start of a run (status `running`); its id, once the row is committed. (Not with
+/// `RETURNING`: its row comes back before the statement's commit, whose failure, on a full
+/// disk, would then go unnoticed and the id would name a run that does not exist.)
+///
+/// First a PASSIVE checkpoint, the kind SQLite runs by itself after a commit (never TRUNCATE or
+/// RESTART, which Litestream forbids): a reader may have held back the one after the last
+/// apply. Once the WAL is copied back whole, this insert restarts it from the beginning and
+/// SQLite trims the file to `journal_size_limit` ([`super::WAL_SIZE_LIMIT`]). A checkpoint that
+/// cannot finish (a reader, Litestream's read lock) leaves the WAL as it is; that is no error.
 pub async fn start_run(pool: &SqlitePool, trigger: Trigger) -> sqlx::Result<i64> {
-    sqlx::query_scalar("INSERT INTO sync_runs (trigger, started_at, status) VALUES (?1, ?2, 'running') RETURNING run_id")
-        .bind(trigger.as_str())
-        .bind(now_rfc3339())
-        .fetch_one(pool)
+    let mut conn = pool.acquire().await?;
+    if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+        .execute(&mut *conn)
         .await
+    {
+        tracing::debug!(error = %e, "checkpoint before the run failed");
+    }
+    let done = sqlx::query(
+        "INSERT INTO sync_runs (trigger, started_at, status) VALUES (?1, ?2, 'running')",
+    )
+    .bind(trigger.as_str())
+    .bind(now_rfc3339())
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.last_insert_rowid())
+}
+
+/// How a run that did not apply ended, and how far it got.
+pub struct UnappliedEnd<'a> {
+    /// `failed` or `interrupted`.
+    pub status: RunStatus,
+    pub pages_fetched: u32,
+    pub rooms_seen: Option<u64>,
+    pub error: &'a str,
 }
 
 /// Ends a run that did not apply: `failed` or `interrupted`, with what was fetched so far.
 pub async fn end_run_unapplied(
     pool: &SqlitePool,
     run_id: i64,
-    status: RunStatus,
-    pages_fetched: u32,
-    rooms_seen: Option<u64>,
-    error: &str,
+    end: &UnappliedEnd<'_>,
 ) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE sync_runs SET status = ?2, finished_at = ?3, pages_fetched = ?4, rooms_seen = ?5, error = ?6
          WHERE run_id = ?1",
     )
     .bind(run_id)
-    .bind(status.as_str())
+    .bind(end.status.as_str())
     .bind(now_rfc3339())
-    .bind(pages_fetched)
-    .bind(rooms_seen.map(|n| n as i64))
-    .bind(error)
+    .bind(end.pages_fetched)
+    .bind(end.rooms_seen.map(|n| n as i64))
+    .bind(end.error)
     .execute(pool)
     .await?;
     Ok(())
 }
 
+/// Records one error of a run in `sync_errors`.
 pub async fn record_error(pool: &SqlitePool, run_id: i64, f: &Failure) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO sync_errors

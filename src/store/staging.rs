@@ -12,10 +12,44 @@ use sqlx::sqlite::SqliteConnection;
 use sqlx::{Connection, Executor, QueryBuilder, Sqlite};
 
 use crate::dingtalk::{Group, Room};
-use crate::sync::Change;
+
+/// The values of `temp.stage_rooms.change`: what the sync stages a room as, then what the
+/// apply settles it to. A settled NULL means the room turned out unchanged. `added`,
+/// `restored` and `updated` are spelled as in `room_changes.change`, which copies them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StagedChange {
+    /// Staged (and settled): new. Staged so only when the mirror holds no room at all.
+    Added,
+    /// Staged: differs from every active row, so new, changed or back; the apply settles which.
+    Differs,
+    /// Settling: an active room with this id exists; its columns are compared next.
+    Candidate,
+    /// Settled: a removed room that is listed again.
+    Restored,
+    /// Settled: an active room whose columns, group or label set differ.
+    Updated,
+}
+
+impl StagedChange {
+    /// The value stored in `stage_rooms.change`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StagedChange::Added => "added",
+            StagedChange::Differs => "differs",
+            StagedChange::Candidate => "candidate",
+            StagedChange::Restored => "restored",
+            StagedChange::Updated => "updated",
+        }
+    }
+}
 
 /// A room to stage: the record, its fingerprint and what the ledger knows of it.
-pub type StagedRecord = (Room, i64, Change);
+#[derive(Debug, Clone)]
+pub struct StagedRoom {
+    pub room: Room,
+    pub fingerprint: i64,
+    pub change: StagedChange,
+}
 
 /// A sync run's private connection holding the staged rows.
 pub struct Staging {
@@ -49,7 +83,8 @@ impl Staging {
                      room_status INTEGER, room_capacity INTEGER, location_title TEXT,
                      location_desc TEXT, room_picture TEXT, isv_room_id TEXT, group_id INTEGER,
                      fingerprint INTEGER NOT NULL,
-                     -- added | unknown (staged), then added | restored | updated | NULL (apply)
+                     -- StagedChange: added | differs (staged), then added | restored | updated | NULL
+                     -- (settled by the apply; NULL = unchanged)
                      change TEXT,
                      changed_fields TEXT -- JSON array, for updated
                  );
@@ -66,27 +101,24 @@ impl Staging {
         Ok(Staging { conn })
     }
 
+    /// The staging connection, on which the apply runs its transaction.
     pub fn connection(&mut self) -> &mut SqliteConnection {
         &mut self.conn
     }
 
     /// Stages rooms. A room staged before (`again`, from an earlier batch) is replaced whole,
     /// labels included: the later record wins. Within `rooms`, too, the last record wins.
-    pub async fn add_rooms(
-        &mut self,
-        rooms: &[StagedRecord],
-        again: &[String],
-    ) -> sqlx::Result<()> {
+    pub async fn add_rooms(&mut self, rooms: &[StagedRoom], again: &[String]) -> sqlx::Result<()> {
         // Only the last record of each room in this batch.
         let mut last: HashMap<&str, usize> = HashMap::with_capacity(rooms.len());
-        for (i, (r, _, _)) in rooms.iter().enumerate() {
-            last.insert(&r.room_id, i);
+        for (i, staged) in rooms.iter().enumerate() {
+            last.insert(&staged.room.room_id, i);
         }
-        let staged: Vec<&StagedRecord> = rooms
+        let staged: Vec<&StagedRoom> = rooms
             .iter()
             .enumerate()
-            .filter(|(i, (r, _, _))| last[r.room_id.as_str()] == *i)
-            .map(|(_, record)| record)
+            .filter(|(i, staged)| last[staged.room.room_id.as_str()] == *i)
+            .map(|(_, staged)| staged)
             .collect();
         if staged.is_empty() {
             return Ok(());
@@ -104,7 +136,8 @@ impl Staging {
                      room_status, room_capacity, location_title, location_desc, room_picture,
                      isv_room_id, group_id, fingerprint, change) ",
             );
-            q.push_values(chunk, |mut b, (r, fingerprint, change)| {
+            q.push_values(chunk, |mut b, staged| {
+                let r = &staged.room;
                 b.push_bind(r.room_id.as_str())
                     .push_bind(r.corp_id.as_deref())
                     .push_bind(r.room_staff_id.as_deref())
@@ -116,15 +149,16 @@ impl Staging {
                     .push_bind(r.room_picture.as_deref())
                     .push_bind(r.isv_room_id.as_deref())
                     .push_bind(r.group.as_ref().map(|g| g.group_id))
-                    .push_bind(*fingerprint)
-                    .push_bind(change.as_str());
+                    .push_bind(staged.fingerprint)
+                    .push_bind(staged.change.as_str());
             });
             let full = chunk.len() == ROOMS_PER_STATEMENT;
             q.build().persistent(full).execute(&mut *tx).await?;
         }
         let links: Vec<(&str, i64)> = staged
             .iter()
-            .flat_map(|(r, _, _)| {
+            .flat_map(|staged| {
+                let r = &staged.room;
                 r.labels
                     .iter()
                     .map(move |l| (r.room_id.as_str(), l.label_id))

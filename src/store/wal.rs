@@ -9,16 +9,11 @@ use std::ffi::{c_int, c_void};
 
 use sqlx::sqlite::SqliteConnection;
 
-/// WAL size kept after a checkpoint resets the log; with persistent WAL a non-negative limit
-/// also makes the last close truncate the (fully checkpointed) log to zero bytes.
-const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
-
 /// Sets persistent WAL on `conn` (every connection of the pool, so that whichever closes last
-/// leaves the files) and the journal size limit that keeps the left-over log empty.
+/// leaves the files). With the journal size limit the store sets on every connection
+/// ([`super::WAL_SIZE_LIMIT`], not negative), the last close also truncates the checkpointed
+/// log to zero bytes rather than leaving it at its size.
 pub(super) async fn keep_wal_files(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!("PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}"))
-        .execute(&mut *conn)
-        .await?;
     let mut handle = conn.lock_handle().await?;
     let db = handle.as_raw_handle().as_ptr();
     let mut on: c_int = 1;

@@ -8,148 +8,142 @@
 //! first pages arrive.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use sqlx::SqlitePool;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::ledger::{fingerprint, Decision, Ledger};
-use super::{report, store_failure, Progress, Stop, SyncOptions};
-use crate::config::Settings;
-use crate::dingtalk::{DingTalkClient, Group, Observer, Room};
+use super::{FailureLog, FetchProgress, NotApplied, Run};
+use crate::dingtalk::{DingTalkClient, Group, Room};
 use crate::failure::{codes, Failure, Stage};
 use crate::store::apply::{apply, ApplyCounts, ApplyOutcome, ApplyRequest};
-use crate::store::fingerprints::{active_rooms_with, load_mirror, stored_fingerprints};
-use crate::store::staging::{StagedRecord, Staging};
+use crate::store::fingerprints::{active_rooms_with, load_mirror_summary, stored_fingerprints};
+use crate::store::staging::{StagedRoom, Staging};
 
 /// Pages that may wait for the processor: bounds memory (about 1 MB per 10 pages), and lets
 /// the fetcher go on while the processor loads the mirror's fingerprints at the start.
 const PAGE_QUEUE: usize = 64;
 
-/// What the processor builds from the listing.
-struct Processed {
-    staging: Staging,
+/// What the processor learnt from the listing besides the rooms it staged.
+struct Sorted {
     ledger: Ledger,
+    /// Every label the listing names, with its latest name.
     labels: BTreeMap<i64, Option<String>>,
+    /// Every group the rooms name (the group list adds the others).
     groups: HashMap<i64, Group>,
 }
 
+/// What the processor hands back: the staging connection, always (it must be closed), and
+/// what it sorted, or why the run stops.
+struct Processed {
+    staging: Staging,
+    sorted: Result<Sorted, NotApplied>,
+}
+
+/// Fetches the listing while the processor stages it, then applies it.
 pub(super) async fn fetch_and_apply(
-    pool: &SqlitePool,
-    settings: &Settings,
-    options: SyncOptions,
-    run_id: i64,
-    observer: &Observer,
-    progress: &mut Progress,
-    shutdown: CancellationToken,
-) -> Result<ApplyCounts, Stop> {
-    let client = DingTalkClient::new(settings.dingtalk.clone(), observer.clone()).map_err(|e| {
-        Stop::Failed(report(
-            observer,
-            Failure::new(Stage::Fetch, codes::CONNECTION, e.to_string()),
-        ))
-    })?;
-    let conn = pool
+    run: &Run<'_>,
+    progress: &mut FetchProgress,
+) -> Result<ApplyCounts, NotApplied> {
+    let failures = &run.failures;
+    let client = DingTalkClient::new(
+        run.settings.dingtalk.clone(),
+        failures.observer(),
+        failures.redactor.clone(),
+    )
+    .map_err(|e| failures.fail(Failure::new(Stage::Fetch, codes::CONNECTION, e.to_string())))?;
+    let conn = run
+        .pool
         .acquire()
         .await
-        .map_err(|e| store_failure(observer, "opening the staging connection", e))?;
+        .map_err(|e| failures.store_failed("opening the staging connection", e))?;
     // Detached: the staging tables go with this connection, which never returns to the pool.
     let staging = Staging::new(conn.detach())
         .await
-        .map_err(|e| store_failure(observer, "creating the staging tables", e))?;
+        .map_err(|e| failures.store_failed("creating the staging tables", e))?;
 
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let (pages, queue) = mpsc::channel(PAGE_QUEUE);
-    let processor = tokio::spawn(process_pages(
-        pool.clone(),
-        staging,
-        queue,
-        observer.clone(),
-    ));
-    let mut listed_groups = Vec::new();
+    let processor = process_pages(run.pool.clone(), staging, queue, failures.clone());
+    let processor = tokio::spawn(processor.in_current_span());
     let fetched = tokio::select! {
-        fetched = fetch_listing(&client, pages, &mut listed_groups, observer, progress) => fetched,
-        _ = shutdown.cancelled() => {
+        fetched = fetch_listing(&client, failures, pages, progress) => fetched,
+        _ = run.shutdown.cancelled() => {
             tracing::warn!("shutdown requested: abandoning the fetch, nothing is applied");
-            Err(Stop::Interrupted)
+            Err(NotApplied::Interrupted)
         }
     };
     // The queue's sender is gone: the processor finishes what it has and hands back.
     let fetch_ms = started.elapsed().as_millis() as u64;
-    let processed = processor.await.expect("the page processor does not panic");
+    let Processed {
+        mut staging,
+        sorted,
+    } = processor.await.expect("the page processor does not panic");
     let process_ms = started.elapsed().as_millis() as u64;
-    let (result, staging) = match (fetched, processed) {
-        (Err(stop), Ok(p)) => (Err(stop), Some(p.staging)),
-        (Err(stop), Err((_, staging))) => (Err(stop), staging),
-        (Ok(()), Err((stop, staging))) => (Err(stop), staging),
-        (Ok(()), Ok(mut p)) => {
+    let result = match (fetched, sorted) {
+        (Ok(listed_groups), Ok(mut sorted)) => {
             // From here on the run is not interruptible: the apply completes or rolls back whole.
             // groupLists is the authority on the groups it lists; rooms add the groups it lacks.
-            p.groups
+            sorted
+                .groups
                 .extend(listed_groups.into_iter().map(|g| (g.group_id, g)));
-            let result = match tally(pool, &p.ledger).await {
-                Ok(tally) => {
-                    progress.rooms_seen = Some(tally.seen);
-                    let (pages, rooms) = (progress.pages, &tally);
-                    apply_listing(&mut p, rooms, settings, options, run_id, pages, observer).await
-                }
-                Err(e) => Err(store_failure(observer, "reading the mirror", e)),
-            };
+            let result = apply_listing(run, &mut staging, sorted, progress).await;
+            let apply_ms = started.elapsed().as_millis() as u64 - process_ms;
             tracing::debug!(
                 fetch_ms,
                 process_ms,
-                apply_ms = started.elapsed().as_millis() as u64 - process_ms,
+                apply_ms,
                 "listing fetched, staged and applied"
             );
-            (result, Some(p.staging))
+            result
         }
+        // The fetch's own stop first: a processor that stops early stops the fetch too.
+        (Err(stop), _) | (Ok(_), Err(stop)) => Err(stop),
     };
-    if let Some(staging) = staging {
-        if let Err(e) = staging.close().await {
-            tracing::debug!(error = %e, "closing the staging connection failed");
-        }
+    if let Err(e) = staging.close().await {
+        tracing::debug!(error = %e, "closing the staging connection failed");
     }
     result
 }
 
 /// Fetches the group list, then every page of rooms, validating as it goes, and queues the
-/// rooms. Never loops: a missing or repeated cursor fails the run. Returns early (Ok) when the
-/// processor has stopped: its error is the run's.
+/// rooms; returns the listed groups. Never loops: a missing or repeated cursor fails the run.
+/// Returns early (Ok) when the processor has stopped: its error is the run's.
 async fn fetch_listing(
     client: &DingTalkClient,
+    failures: &FailureLog,
     pages: mpsc::Sender<Vec<Room>>,
-    groups: &mut Vec<Group>,
-    observer: &Observer,
-    progress: &mut Progress,
-) -> Result<(), Stop> {
-    let listed = client.group_list().await.map_err(Stop::Failed)?;
-    *groups = listed
-        .result
-        .unwrap_or_default()
-        .into_iter()
-        .enumerate()
-        .map(|(i, raw)| {
-            raw.validate()
-                .map_err(|e| format!("groupLists result[{i}]: {e}"))
-        })
-        .collect::<Result<_, _>>()
-        .map_err(|e| {
-            Stop::Failed(report(
-                observer,
-                Failure::new(Stage::Validate, codes::BAD_RESPONSE, e),
-            ))
+    progress: &mut FetchProgress,
+) -> Result<Vec<Group>, NotApplied> {
+    let listed = client.group_list().await.map_err(NotApplied::Failed)?;
+    let mut groups = Vec::new();
+    for (i, raw) in listed.result.unwrap_or_default().into_iter().enumerate() {
+        let group = raw.validate().map_err(|e| {
+            let message = format!("groupLists result[{i}]: {e}");
+            failures.fail(Failure::new(Stage::Validate, codes::BAD_RESPONSE, message))
         })?;
-    let mut followed: HashSet<i64> = HashSet::new();
-    let mut next_token = None;
+        groups.push(group);
+    }
+    let mut cursor = Cursor::default();
+    let max_pages = client.settings().max_pages;
     for page in 0u32.. {
+        if page >= max_pages {
+            let message = format!(
+                "more than dingtalk.max_pages ({max_pages}) pages in one run; stopping rather than \
+                 following the listing without end"
+            );
+            let failure = Failure::new(Stage::Validate, codes::RUNAWAY_PAGINATION, message);
+            return Err(failures.fail(failure.on_page(Some(page))));
+        }
         let body = client
-            .room_page(page, next_token)
+            .room_page(page, cursor.next_token)
             .await
-            .map_err(Stop::Failed)?;
+            .map_err(NotApplied::Failed)?;
         progress.pages += 1;
         let invalid = |code: &str, message: String| {
-            let failure = Failure::new(Stage::Validate, code, message).on_page(Some(page));
-            Stop::Failed(report(observer, failure))
+            failures.fail(Failure::new(Stage::Validate, code, message).on_page(Some(page)))
         };
         let rooms = body
             .result
@@ -157,56 +151,110 @@ async fn fetch_listing(
             .into_iter()
             .enumerate()
             .map(|(i, raw)| raw.validate(i))
-            .collect::<Result<Vec<Room>, String>>()
-            .map_err(|e| invalid(codes::BAD_RESPONSE, e))?;
+            .collect::<Result<Vec<Room>, _>>()
+            .map_err(|e| invalid(codes::BAD_RESPONSE, e.to_string()))?;
+        let asked = client.settings().page_size as usize;
+        if rooms.len() > asked {
+            let message = format!(
+                "the page has {} rooms, more than the {asked} asked for (maxResults)",
+                rooms.len()
+            );
+            return Err(invalid(codes::BAD_RESPONSE, message));
+        }
         tracing::debug!(page, rooms = rooms.len(), has_more = ?body.has_more, "page fetched");
-        if pages.send(rooms).await.is_err() {
-            return Ok(());
+        let more = body.has_more == Some(true);
+        let empty = rooms.is_empty();
+        if pages.send(rooms).await.is_err() || !more {
+            return Ok(groups);
         }
-        if body.has_more != Some(true) {
-            return Ok(());
-        }
-        next_token = match body.next_token {
-            None => {
-                let message = "hasMore is true but no nextToken was given".to_string();
-                return Err(invalid(codes::MISSING_NEXT_TOKEN, message));
-            }
-            Some(t) if !followed.insert(t) => {
-                let message = format!(
-                    "nextToken {t} was already followed in this run; stopping rather than looping"
-                );
-                return Err(invalid(codes::REPEATED_NEXT_TOKEN, message));
-            }
-            Some(t) => Some(t),
-        };
+        cursor
+            .follow(body.next_token, empty)
+            .map_err(|f| failures.fail(f.on_page(Some(page))))?;
     }
     unreachable!("the page loop only ends by returning")
 }
 
-/// Sorts each queued room with the ledger and stages what is new, changed or back. On error,
-/// hands back the staging connection (if it still has it) with the run's stop.
+/// Where the listing goes next, and what keeps it from going round in circles.
+#[derive(Default)]
+struct Cursor {
+    next_token: Option<i64>,
+    followed: HashSet<i64>,
+    /// Empty pages in a row that still promised more.
+    empty_in_a_row: u32,
+}
+
+/// Empty pages with `hasMore` tolerated in a row before the listing counts as runaway.
+const MAX_EMPTY_PAGES_IN_A_ROW: u32 = 3;
+
+impl Cursor {
+    /// Moves to the page after one that said `hasMore`.
+    fn follow(&mut self, next_token: Option<i64>, page_was_empty: bool) -> Result<(), Failure> {
+        let invalid = |code, message| Failure::new(Stage::Validate, code, message);
+        self.empty_in_a_row = if page_was_empty {
+            self.empty_in_a_row + 1
+        } else {
+            0
+        };
+        if self.empty_in_a_row > MAX_EMPTY_PAGES_IN_A_ROW {
+            return Err(invalid(
+                codes::RUNAWAY_PAGINATION,
+                format!(
+                    "{} empty pages in a row say hasMore; stopping rather than following the \
+                     listing without end",
+                    self.empty_in_a_row
+                ),
+            ));
+        }
+        match next_token {
+            None => Err(invalid(
+                codes::MISSING_NEXT_TOKEN,
+                "hasMore is true but no nextToken was given".to_string(),
+            )),
+            Some(t) if !self.followed.insert(t) => Err(invalid(
+                codes::REPEATED_NEXT_TOKEN,
+                format!(
+                    "nextToken {t} was already followed in this run; stopping rather than looping"
+                ),
+            )),
+            Some(t) => {
+                self.next_token = Some(t);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Sorts each queued room with the ledger and stages what is new, changed or back. Hands the
+/// staging connection back whatever happens.
 async fn process_pages(
     pool: SqlitePool,
     mut staging: Staging,
-    mut queue: mpsc::Receiver<Vec<Room>>,
-    observer: Observer,
-) -> Result<Processed, (Stop, Option<Staging>)> {
-    let mirror = match load_mirror(&pool).await {
-        Ok(known) => known,
-        Err(e) => {
-            return Err((
-                store_failure(&observer, "reading the mirror", e),
-                Some(staging),
-            ))
-        }
+    queue: mpsc::Receiver<Vec<Room>>,
+    failures: FailureLog,
+) -> Processed {
+    crate::failure::panic_if_asked_in_tests();
+    let sorted = match load_mirror_summary(&pool).await {
+        Ok(mirror) => sort_and_stage(Ledger::new(mirror), &mut staging, queue, &failures).await,
+        Err(e) => Err(failures.store_failed("reading the mirror", e)),
     };
-    let mut ledger = Ledger::new(mirror);
+    // Dropping the queue (on error) makes the fetcher stop at its next page.
+    Processed { staging, sorted }
+}
+
+/// The processor's loop: every room through the ledger, staged in batches.
+async fn sort_and_stage(
+    mut ledger: Ledger,
+    staging: &mut Staging,
+    mut queue: mpsc::Receiver<Vec<Room>>,
+    failures: &FailureLog,
+) -> Result<Sorted, NotApplied> {
     let mut labels: BTreeMap<i64, Option<String>> = BTreeMap::new();
     let mut groups: HashMap<i64, Group> = HashMap::new();
-    let mut pending = Pending::default();
-    let mut sort_time = std::time::Duration::ZERO;
+    let mut batch = StageBatch::default();
+    let mut sort_time = Duration::ZERO;
+    let staging_failed = |e| failures.store_failed("staging rooms", e);
     while let Some(rooms) = queue.recv().await {
-        let t0 = std::time::Instant::now();
+        let t0 = Instant::now();
         for room in rooms {
             for label in &room.labels {
                 // Later records win; compare first so the steady state allocates nothing.
@@ -221,25 +269,19 @@ async fn process_pages(
             }
             let fp = fingerprint(&room);
             let decision = ledger.observe(&room, fp);
-            pending.sort(room, fp, decision);
+            batch.sort(room, fp, decision);
         }
         sort_time += t0.elapsed();
-        if pending.len() >= STAGE_BATCH {
-            if let Err(e) = pending.flush(&mut staging).await {
-                // Dropping the queue makes the fetcher stop at its next page.
-                return Err((store_failure(&observer, "staging rooms", e), Some(staging)));
-            }
+        if batch.len() >= STAGE_BATCH {
+            batch.flush(staging).await.map_err(staging_failed)?;
         }
     }
     tracing::debug!(
         sort_ms = sort_time.as_millis() as u64,
         "listing sorted by the ledger"
     );
-    if let Err(e) = pending.flush(&mut staging).await {
-        return Err((store_failure(&observer, "staging rooms", e), Some(staging)));
-    }
-    Ok(Processed {
-        staging,
+    batch.flush(staging).await.map_err(staging_failed)?;
+    Ok(Sorted {
         ledger,
         labels,
         groups,
@@ -252,15 +294,15 @@ const STAGE_BATCH: usize = 1000;
 
 /// What the processor has sorted and not yet staged.
 #[derive(Default)]
-struct Pending {
-    stage: Vec<StagedRecord>,
+struct StageBatch {
+    stage: Vec<StagedRoom>,
     /// Staged rooms whose earlier record, staged before, this batch replaces.
     again: Vec<String>,
     /// Staged rooms whose later record turned out unchanged: taken out of staging.
     unstage: Vec<String>,
 }
 
-impl Pending {
+impl StageBatch {
     fn len(&self) -> usize {
         self.stage.len() + self.unstage.len()
     }
@@ -270,14 +312,19 @@ impl Pending {
             Decision::Skip => {}
             Decision::Unstage => {
                 // A record still pending simply goes; one already staged is taken out.
-                self.stage.retain(|(r, _, _)| r.room_id != room.room_id);
+                self.stage
+                    .retain(|staged| staged.room.room_id != room.room_id);
                 self.unstage.push(room.room_id);
             }
             Decision::Stage { change, again } => {
                 if again {
                     self.again.push(room.room_id.clone());
                 }
-                self.stage.push((room, fp, change));
+                self.stage.push(StagedRoom {
+                    room,
+                    fingerprint: fp,
+                    change,
+                });
             }
         }
     }
@@ -297,15 +344,17 @@ impl Pending {
     }
 }
 
-/// What the ledger's fingerprints leave to look up by id at the end of the fetch.
-struct Tally {
+/// The listing measured against the mirror, once the ledger has seen all of it.
+struct ListingTally {
     /// Distinct rooms in the listing.
-    seen: u64,
-    /// Active rooms the listing no longer has.
-    missing: Vec<String>,
+    rooms_seen: u64,
+    /// Active rooms the listing no longer has: the rooms to remove.
+    gone: Vec<String>,
 }
 
-async fn tally(pool: &SqlitePool, ledger: &Ledger) -> sqlx::Result<Tally> {
+/// Counts the listing's distinct rooms and finds the active rooms it no longer has, looking
+/// up by id only what the fingerprints leave open.
+async fn tally(pool: &SqlitePool, ledger: &Ledger) -> sqlx::Result<ListingTally> {
     // A staged room that also came unchanged in another record is counted once.
     // None can be when no room came unchanged (always so into an empty mirror).
     let staged: Vec<&str> = if ledger.any_seen_unchanged() {
@@ -325,7 +374,7 @@ async fn tally(pool: &SqlitePool, ledger: &Ledger) -> sqlx::Result<Tally> {
     // An active room whose fingerprint did not come is gone, unless it changed (then it is
     // staged under its id).
     let unseen = ledger.unseen();
-    let missing = if unseen.is_empty() && ledger.all_fingerprinted() {
+    let gone = if unseen.is_empty() && ledger.all_fingerprinted() {
         Vec::new()
     } else {
         let candidates = active_rooms_with(pool, &unseen).await?;
@@ -334,62 +383,68 @@ async fn tally(pool: &SqlitePool, ledger: &Ledger) -> sqlx::Result<Tally> {
             .filter(|id| !ledger.is_staged(id))
             .collect()
     };
-    Ok(Tally {
-        seen: ledger.seen(staged_and_unchanged),
-        missing,
+    Ok(ListingTally {
+        rooms_seen: ledger.seen(staged_and_unchanged),
+        gone,
     })
 }
 
+/// Stages the labels, groups and removals, then applies the whole listing.
 async fn apply_listing(
-    p: &mut Processed,
-    tally: &Tally,
-    settings: &Settings,
-    options: SyncOptions,
-    run_id: i64,
-    pages_fetched: u32,
-    observer: &Observer,
-) -> Result<ApplyCounts, Stop> {
-    let labels: Vec<(i64, Option<&str>)> = p
+    run: &Run<'_>,
+    staging: &mut Staging,
+    sorted: Sorted,
+    progress: &mut FetchProgress,
+) -> Result<ApplyCounts, NotApplied> {
+    let failures = &run.failures;
+    let tally = tally(&run.pool, &sorted.ledger)
+        .await
+        .map_err(|e| failures.store_failed("reading the mirror", e))?;
+    progress.rooms_seen = Some(tally.rooms_seen);
+    let labels: Vec<(i64, Option<&str>)> = sorted
         .labels
         .iter()
         .map(|(id, name)| (*id, name.as_deref()))
         .collect();
-    let groups: Vec<&Group> = p.groups.values().collect();
+    let groups: Vec<&Group> = sorted.groups.values().collect();
+    let gone: Vec<&str> = tally.gone.iter().map(String::as_str).collect();
     let staged = async {
-        p.staging.set_labels(&labels).await?;
-        p.staging.set_groups(&groups).await?;
-        let missing: Vec<&str> = tally.missing.iter().map(String::as_str).collect();
-        p.staging.set_removed(&missing).await
+        staging.set_labels(&labels).await?;
+        staging.set_groups(&groups).await?;
+        staging.set_removed(&gone).await
     };
     staged
         .await
-        .map_err(|e| store_failure(observer, "staging labels, groups and removals", e))?;
+        .map_err(|e| failures.store_failed("staging labels, groups and removals", e))?;
     let request = ApplyRequest {
-        run_id,
-        pages_fetched,
-        rooms_seen: tally.seen,
-        max_removal_ratio: settings.sync.max_removal_ratio,
-        allow_mass_removal: options.allow_mass_removal,
-        keep_changes_days: settings.sync.keep_changes_days,
+        run_id: run.run_id,
+        pages_fetched: progress.pages,
+        rooms_seen: tally.rooms_seen,
+        max_removal_ratio: run.settings.sync.max_removal_ratio,
+        allow_mass_removal: run.options.allow_mass_removal,
+        keep_changes_days: run.settings.sync.keep_changes_days,
     };
-    match apply(&mut p.staging, &request).await {
+    match apply(staging, &request).await {
         Ok(ApplyOutcome::Applied(counts)) => Ok(counts),
         Ok(ApplyOutcome::Guarded {
             would_remove,
             active,
             limit,
         }) => {
-            let f = Failure::new(
-                Stage::Store,
-                codes::REMOVAL_GUARD,
+            let why = if tally.rooms_seen == 0 {
+                format!("the listing is empty and would remove all {active} active rooms")
+            } else {
                 format!(
-                    "the listing would remove {would_remove} of {active} active rooms, more than the limit of \
-                     {limit:.0} (max(5, sync.max_removal_ratio x active)); nothing was changed. If this is \
-                     intended, run once with --sync-now --allow-mass-removal"
-                ),
+                    "the listing would remove {would_remove} of {active} active rooms, more than \
+                     the limit of {limit:.0} (max(5, sync.max_removal_ratio x active))"
+                )
+            };
+            let message = format!(
+                "{why}; nothing was changed. If this is intended, run once with --sync-now \
+                 --allow-mass-removal"
             );
-            Err(Stop::Failed(report(observer, f)))
+            Err(failures.fail(Failure::new(Stage::Store, codes::REMOVAL_GUARD, message)))
         }
-        Err(e) => Err(store_failure(observer, "applying the listing", e)),
+        Err(e) => Err(failures.store_failed("applying the listing", e)),
     }
 }

@@ -11,33 +11,16 @@ use std::hash::{BuildHasherDefault, Hasher};
 use xxhash_rust::xxh3::Xxh3Builder;
 
 use crate::dingtalk::Room;
-use crate::store::fingerprints::Mirror;
-
-/// What the ledger knows of a room it stages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
-    /// The mirror holds no room at all: every room is new.
-    Added,
-    /// Not identical to an active room: new, changed or back; the apply looks it up.
-    Unknown,
-}
-
-impl Change {
-    /// The value staged in `stage_rooms.change`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Change::Added => "added",
-            Change::Unknown => "unknown",
-        }
-    }
-}
+use crate::store::fingerprints::MirrorSummary;
+use crate::store::staging::StagedChange;
 
 /// What to do with a fetched room record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     /// New, changed or reappearing: stage it. `again` when an earlier record of this run was
-    /// staged, which this one replaces.
-    Stage { change: Change, again: bool },
+    /// staged, which this one replaces. `change` is [`StagedChange::Added`] into an empty
+    /// mirror, else [`StagedChange::Differs`].
+    Stage { change: StagedChange, again: bool },
     /// Identical to the active row, not staged before in this run: nothing to do.
     Skip,
     /// Identical to the active row, but an earlier record of this run was staged: unstage it,
@@ -69,6 +52,8 @@ impl Hasher for FingerprintHasher {
 
 type ByFingerprint = BuildHasherDefault<FingerprintHasher>;
 
+/// The rooms of one run: the mirror's active fingerprints, which of them the listing brought,
+/// and the ids of the rooms staged.
 pub struct Ledger {
     /// Fingerprints of the active rooms, and whether the listing brought each one unchanged.
     active: HashMap<i64, bool, ByFingerprint>,
@@ -81,7 +66,8 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    pub fn new(mirror: Mirror) -> Ledger {
+    /// A ledger starting from the mirror as the run found it.
+    pub fn new(mirror: MirrorSummary) -> Ledger {
         let unfingerprinted = mirror.active_rooms > mirror.fingerprints.len() as i64;
         let mut active =
             HashMap::with_capacity_and_hasher(mirror.fingerprints.len(), ByFingerprint::default());
@@ -100,6 +86,7 @@ impl Ledger {
         !self.unfingerprinted
     }
 
+    /// Sorts one fetched record: skip, stage or unstage.
     pub fn observe(&mut self, room: &Room, fingerprint: i64) -> Decision {
         if let Some(seen) = self.active.get_mut(&fingerprint) {
             if !std::mem::replace(seen, true) {
@@ -114,9 +101,9 @@ impl Ledger {
         }
         let again = !self.staged.insert(room.room_id.clone());
         let change = if self.empty_mirror {
-            Change::Added
+            StagedChange::Added
         } else {
-            Change::Unknown
+            StagedChange::Differs
         };
         Decision::Stage { change, again }
     }
@@ -126,6 +113,7 @@ impl Ledger {
         self.staged.iter().map(String::as_str)
     }
 
+    /// Whether a record of `room_id` is staged.
     pub fn is_staged(&self, room_id: &str) -> bool {
         self.staged.contains(room_id)
     }
@@ -297,7 +285,7 @@ mod tests {
     fn the_ledger_skips_unchanged_active_rooms_and_lets_the_later_record_win() {
         let r = room();
         let fp = fingerprint(&r);
-        let mirror = |fingerprints: Vec<i64>| Mirror {
+        let mirror = |fingerprints: Vec<i64>| MirrorSummary {
             rooms: fingerprints.len() as i64,
             active_rooms: fingerprints.len() as i64,
             fingerprints,
@@ -306,20 +294,29 @@ mod tests {
         assert!(ledger.all_fingerprinted());
         let stage = |change, again| Decision::Stage { change, again };
         assert_eq!(ledger.observe(&r, fp), Decision::Skip);
-        assert_eq!(ledger.observe(&r, fp + 1), stage(Change::Unknown, false));
-        assert_eq!(ledger.observe(&r, fp + 2), stage(Change::Unknown, true));
+        assert_eq!(
+            ledger.observe(&r, fp + 1),
+            stage(StagedChange::Differs, false)
+        );
+        assert_eq!(
+            ledger.observe(&r, fp + 2),
+            stage(StagedChange::Differs, true)
+        );
         assert_eq!(ledger.observe(&r, fp), Decision::Unstage);
         assert!(!ledger.is_staged("r1"));
         let mut new = room();
         new.room_id = "new".into();
-        assert_eq!(ledger.observe(&new, fp + 3), stage(Change::Unknown, false));
+        assert_eq!(
+            ledger.observe(&new, fp + 3),
+            stage(StagedChange::Differs, false)
+        );
         assert_eq!(ledger.unseen(), vec![1]);
         assert!(ledger.seen_unchanged(fp));
         assert_eq!(ledger.staged().collect::<Vec<_>>(), vec!["new"]);
         assert_eq!(ledger.seen(0), 2);
 
         let mut empty = Ledger::new(mirror(Vec::new()));
-        assert_eq!(empty.observe(&r, fp), stage(Change::Added, false));
+        assert_eq!(empty.observe(&r, fp), stage(StagedChange::Added, false));
         assert_eq!(empty.seen(0), 1);
     }
 }

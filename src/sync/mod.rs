@@ -1,5 +1,5 @@
-//! One sync run, the only sync path: `--sync-now`, the schedule and `--demo` all call
-//! [`run_sync`].
+//! One sync run, the only sync path: `--sync-now`, the schedule and `--demo` all start it
+//! through [`run_once`] or [`run_on`].
 //!
 //! 1. record the run (`running`), committed at once;
 //! 2. fetch the group list and every page of rooms, validating as they come; the run's
@@ -13,25 +13,28 @@
 mod fetch;
 mod ledger;
 
-pub use ledger::Change;
-
 use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt as _;
 use sqlx::SqlitePool;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Settings;
 use crate::dingtalk::Observer;
-use crate::failure::{codes, Failure, Stage};
-use crate::lock::SyncLock;
+use crate::failure::{codes, Failure, Redactor, Stage};
+use crate::lock::{lock_path, SyncLock};
 use crate::store::apply::ApplyCounts;
 use crate::store::runs::{self, RunStatus, Trigger};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
+/// How a run was asked for.
 #[derive(Debug, Clone, Copy)]
 pub struct SyncOptions {
     pub trigger: Trigger,
@@ -52,12 +55,23 @@ pub struct RunReport {
     pub error: Option<String>,
 }
 
-/// The run could not even be recorded (the database refused the run row).
+/// Why a run did not take place, or could not be recorded.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot record the sync run in {path}: {source}")]
-pub struct RecordError {
-    path: String,
-    source: sqlx::Error,
+pub enum RunError {
+    /// Another sync of the same database holds the lock; nothing was done.
+    #[error("another sync of {} is running (lock {} is held); nothing was done", .database.display(), .lock.display())]
+    Locked { database: PathBuf, lock: PathBuf },
+    #[error("cannot take the sync lock {}: {source}", .lock.display())]
+    Lock {
+        lock: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Open(#[from] StoreError),
+    /// The run could not even be recorded (the database refused the run row); no run id
+    /// was given out.
+    #[error("run not recorded: the database {path} refused the run record: {source}")]
+    Record { path: String, source: sqlx::Error },
 }
 
 impl fmt::Display for RunReport {
@@ -89,24 +103,65 @@ impl fmt::Display for RunReport {
     }
 }
 
+/// One run as a one-shot process does it: take the sync lock (without waiting), open the
+/// database, run, close. Nothing is touched when the lock is held elsewhere.
+pub async fn run_once(
+    settings: &Settings,
+    options: SyncOptions,
+    shutdown: CancellationToken,
+) -> Result<RunReport, RunError> {
+    let db = &settings.database.path;
+    let lock = take_lock(settings)?;
+    let store = Store::open(db).await?;
+    let report = run_sync(&store, settings, options, &lock, shutdown).await;
+    store.close().await;
+    report
+}
+
+/// One run on a database kept open (the daemon's): take the sync lock (without waiting), run.
+pub async fn run_on(
+    store: &Store,
+    settings: &Settings,
+    options: SyncOptions,
+    shutdown: CancellationToken,
+) -> Result<RunReport, RunError> {
+    let lock = take_lock(settings)?;
+    run_sync(store, settings, options, &lock, shutdown).await
+}
+
+fn take_lock(settings: &Settings) -> Result<SyncLock, RunError> {
+    let db = &settings.database.path;
+    match SyncLock::try_acquire(db) {
+        Ok(Some(lock)) => Ok(lock),
+        Ok(None) => Err(RunError::Locked {
+            database: db.clone(),
+            lock: lock_path(db),
+        }),
+        Err(source) => Err(RunError::Lock {
+            lock: lock_path(db),
+            source,
+        }),
+    }
+}
+
 /// Why a run ended without applying.
-enum Stop {
+enum NotApplied {
     Failed(Failure),
     Interrupted,
 }
 
 /// Runs one sync. The caller holds the sync lock for the database (`_lock` is the proof).
 /// `shutdown` interrupts the fetch; an apply under way is left to complete or roll back whole.
-pub async fn run_sync(
+async fn run_sync(
     store: &Store,
     settings: &Settings,
     options: SyncOptions,
     _lock: &SyncLock,
     shutdown: CancellationToken,
-) -> Result<RunReport, RecordError> {
+) -> Result<RunReport, RunError> {
     let started = Instant::now();
     let pool = store.pool();
-    let record_err = |source| RecordError {
+    let record_err = |source| RunError::Record {
         path: store.path().display().to_string(),
         source,
     };
@@ -121,105 +176,198 @@ pub async fn run_sync(
         .await
         .map_err(record_err)?;
     let span = tracing::info_span!("sync_run", run_id, trigger = options.trigger.as_str());
-    let report = execute(store, settings, options, run_id, started, shutdown)
+    // The recorder task carries the run's span, as every task of the run does.
+    let redactor = Redactor::new(&settings.dingtalk.app_secret);
+    let (failures, recorder) =
+        span.in_scope(|| FailureLog::start(pool.clone(), run_id, redactor.clone()));
+    let run = Run {
+        pool: pool.clone(),
+        settings,
+        options,
+        run_id,
+        shutdown,
+        failures,
+    };
+    // A panic is a bug, but it must not take the process (or the daemon's schedule) with it:
+    // the run is recorded failed and the caller goes on. Release builds keep unwinding for this.
+    let execution = AssertUnwindSafe(run.execute(recorder, started))
+        .catch_unwind()
         .instrument(span.clone())
         .await;
+    let report = match execution {
+        Ok(report) => report,
+        Err(panic) => {
+            let failure = redactor.failure(Failure::new(
+                Stage::Internal,
+                codes::PANIC,
+                format!(
+                    "the run panicked: {}; this is a bug in roomsync, nothing was changed",
+                    panic_message(panic.as_ref())
+                ),
+            ));
+            let report = record_panic(pool, run_id, failure, started);
+            report.instrument(span.clone()).await
+        }
+    };
     span.in_scope(|| log_summary(&report));
     Ok(report)
 }
 
-async fn execute(
-    store: &Store,
-    settings: &Settings,
-    options: SyncOptions,
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message")
+}
+
+/// Records a run that panicked as failed, with its `internal.panic` error.
+async fn record_panic(
+    pool: &SqlitePool,
     run_id: i64,
+    failure: Failure,
     started: Instant,
-    shutdown: CancellationToken,
 ) -> RunReport {
-    let pool = store.pool().clone();
-    tracing::info!("sync run started");
-
-    // Errors are recorded by a task of their own, each row committed as it comes.
-    let (errors_tx, errors_rx) = mpsc::unbounded_channel::<Failure>();
-    let recorder = tokio::spawn(record_errors(pool.clone(), run_id, errors_rx));
-    let observer: Observer = Arc::new(move |f: Failure| {
-        let _ = errors_tx.send(f);
-    });
-
-    let mut progress = Progress::default();
-    let outcome = fetch::fetch_and_apply(
-        &pool,
-        settings,
-        options,
-        run_id,
-        &observer,
-        &mut progress,
-        shutdown,
-    )
-    .await;
-    drop(observer);
-    if recorder.await.is_err() {
-        tracing::error!("the error recorder stopped unexpectedly");
+    tracing::error!(error = %failure, "a sync run panicked");
+    let error = failure.to_string();
+    if let Err(e) = runs::record_error(pool, run_id, &failure).await {
+        tracing::error!(error = %e, "could not record a sync error");
     }
-
-    let (status, counts, error) = match outcome {
-        Ok(counts) => (RunStatus::Succeeded, Some(counts), None),
-        Err(Stop::Failed(f)) => (RunStatus::Failed, None, Some(f.to_string())),
-        Err(Stop::Interrupted) => (
-            RunStatus::Interrupted,
-            None,
-            Some(
-                "interrupted by a shutdown signal before the apply; nothing was changed"
-                    .to_string(),
-            ),
-        ),
+    let end = runs::UnappliedEnd {
+        status: RunStatus::Failed,
+        pages_fetched: 0,
+        rooms_seen: None,
+        error: &error,
     };
-    if status != RunStatus::Succeeded {
-        let error = error.as_deref().unwrap_or_default();
-        if let Err(e) = runs::end_run_unapplied(
-            &pool,
-            run_id,
-            status,
-            progress.pages,
-            progress.rooms_seen,
-            error,
-        )
-        .await
-        {
-            tracing::error!(error = %e, "could not record the end of the run");
-        }
+    if let Err(e) = runs::end_run_unapplied(pool, run_id, &end).await {
+        tracing::error!(error = %e, "could not record the end of the run");
     }
     RunReport {
         run_id,
-        status,
-        pages_fetched: progress.pages,
-        rooms_seen: counts.map(|c| c.seen).or(progress.rooms_seen),
-        counts,
+        status: RunStatus::Failed,
+        pages_fetched: 0,
+        rooms_seen: None,
+        counts: None,
         duration: started.elapsed(),
-        error,
+        error: Some(error),
+    }
+}
+
+/// One recorded run: what its fetch and apply work with.
+struct Run<'a> {
+    pool: SqlitePool,
+    settings: &'a Settings,
+    options: SyncOptions,
+    run_id: i64,
+    shutdown: CancellationToken,
+    failures: FailureLog,
+}
+
+impl Run<'_> {
+    /// Fetches and applies, records how the run ended, and reports it. `recorder` is the task
+    /// writing the run's failures; it ends once every copy of `failures` is gone.
+    async fn execute(self, recorder: JoinHandle<()>, started: Instant) -> RunReport {
+        tracing::info!("sync run started");
+        let mut progress = FetchProgress::default();
+        let outcome = fetch::fetch_and_apply(&self, &mut progress).await;
+        let Run {
+            pool,
+            run_id,
+            failures,
+            ..
+        } = self;
+        drop(failures);
+        if recorder.await.is_err() {
+            tracing::error!("the error recorder stopped unexpectedly");
+        }
+
+        let (status, counts, error) = match outcome {
+            Ok(counts) => (RunStatus::Succeeded, Some(counts), None),
+            Err(NotApplied::Failed(f)) => (RunStatus::Failed, None, Some(f.to_string())),
+            Err(NotApplied::Interrupted) => (
+                RunStatus::Interrupted,
+                None,
+                Some(
+                    "interrupted by a shutdown signal before the apply; nothing was changed"
+                        .to_string(),
+                ),
+            ),
+        };
+        if status != RunStatus::Succeeded {
+            let end = runs::UnappliedEnd {
+                status,
+                pages_fetched: progress.pages,
+                rooms_seen: progress.rooms_seen,
+                error: error.as_deref().unwrap_or_default(),
+            };
+            if let Err(e) = runs::end_run_unapplied(&pool, run_id, &end).await {
+                tracing::error!(error = %e, "could not record the end of the run");
+            }
+        }
+        RunReport {
+            run_id,
+            status,
+            pages_fetched: progress.pages,
+            rooms_seen: counts.map(|c| c.seen).or(progress.rooms_seen),
+            counts,
+            duration: started.elapsed(),
+            error,
+        }
     }
 }
 
 /// How far the fetch got, for the run record of a run that did not apply.
 #[derive(Default)]
-struct Progress {
+struct FetchProgress {
     pages: u32,
     rooms_seen: Option<u64>,
 }
 
-/// Hands a failure to the recorder and returns it.
-fn report(observer: &Observer, failure: Failure) -> Failure {
-    observer(failure.clone());
-    failure
+/// Where a run's failures go: each one is recorded in `sync_errors` as it happens, by a task
+/// of its own. The client reports its failed attempts here too.
+#[derive(Clone)]
+struct FailureLog {
+    record: Observer,
+    redactor: Redactor,
 }
 
-fn store_failure(observer: &Observer, doing: &str, e: sqlx::Error) -> Stop {
-    Stop::Failed(report(
-        observer,
-        Failure::new(Stage::Store, codes::DATABASE, format!("{doing}: {e}")),
-    ))
+impl FailureLog {
+    /// Starts the recorder task of run `run_id`, in the current span. Every failure is
+    /// redacted before it is recorded.
+    fn start(pool: SqlitePool, run_id: i64, redactor: Redactor) -> (FailureLog, JoinHandle<()>) {
+        let (errors_tx, errors_rx) = mpsc::unbounded_channel::<Failure>();
+        let recorder = tokio::spawn(record_errors(pool, run_id, errors_rx).in_current_span());
+        let scrub = redactor.clone();
+        let record: Observer = Arc::new(move |f: Failure| {
+            let _ = errors_tx.send(scrub.failure(f));
+        });
+        let log = FailureLog { record, redactor };
+        (log, recorder)
+    }
+
+    /// Records `failure` and ends the run with it.
+    fn fail(&self, failure: Failure) -> NotApplied {
+        let failure = self.redactor.failure(failure);
+        (self.record)(failure.clone());
+        NotApplied::Failed(failure)
+    }
+
+    /// Records a database error of the run (what it was `doing`) and ends the run with it.
+    fn store_failed(&self, doing: &str, e: sqlx::Error) -> NotApplied {
+        self.fail(Failure::new(
+            Stage::Store,
+            codes::DATABASE,
+            format!("{doing}: {e}"),
+        ))
+    }
+
+    /// The same log, as the client's observer of failed attempts.
+    fn observer(&self) -> Observer {
+        self.record.clone()
+    }
 }
 
+/// Writes each failure of run `run_id` as it comes, each row committed on its own.
 async fn record_errors(
     pool: SqlitePool,
     run_id: i64,
@@ -232,29 +380,30 @@ async fn record_errors(
     }
 }
 
+/// The run's one summary line, with its counts as fields.
 fn log_summary(report: &RunReport) {
-    let c = report.counts.unwrap_or_default();
-    let fields = (
-        report.pages_fetched,
-        report.rooms_seen.unwrap_or(0),
-        report.duration.as_millis() as u64,
-    );
+    let pages = report.pages_fetched;
+    let rooms_seen = report.rooms_seen.unwrap_or(0);
+    let duration_ms = report.duration.as_millis() as u64;
     match report.status {
-        RunStatus::Succeeded => tracing::info!(
-            status = "succeeded",
-            pages = fields.0,
-            rooms_seen = fields.1,
-            rooms_added = c.added,
-            rooms_updated = c.updated,
-            rooms_removed = c.removed,
-            duration_ms = fields.2,
-            "{report}"
-        ),
+        RunStatus::Succeeded => {
+            let c = report.counts.unwrap_or_default();
+            tracing::info!(
+                status = "succeeded",
+                pages,
+                rooms_seen,
+                rooms_added = c.added,
+                rooms_updated = c.updated,
+                rooms_removed = c.removed,
+                duration_ms,
+                "{report}"
+            )
+        }
         status => tracing::warn!(
             status = status.as_str(),
-            pages = fields.0,
-            rooms_seen = fields.1,
-            duration_ms = fields.2,
+            pages,
+            rooms_seen,
+            duration_ms,
             "{report}"
         ),
     }

@@ -5,10 +5,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use roomsync::config::Settings;
-use roomsync::lock::SyncLock;
 use roomsync::store::runs::Trigger;
-use roomsync::store::Store;
-use roomsync::sync::{run_sync, RunReport, SyncOptions};
+use roomsync::sync::{run_once, RunReport, SyncOptions};
 use serde_json::{json, Value};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::Row;
@@ -31,6 +29,8 @@ pub struct TestEnv {
     pub server: MockServer,
     pub db: PathBuf,
     pub config: PathBuf,
+    /// The config's `page_size`, which the listing mocks expect as `maxResults`.
+    pub page_size: std::cell::Cell<u32>,
 }
 
 impl TestEnv {
@@ -49,6 +49,7 @@ impl TestEnv {
             server,
             db,
             config,
+            page_size: std::cell::Cell::new(2),
         };
         env.write_config(dingtalk, tail);
         env
@@ -82,6 +83,11 @@ impl TestEnv {
             text.push_str(line);
             text.push('\n');
         }
+        let page_size = dingtalk
+            .lines()
+            .find_map(|l| l.strip_prefix("page_size = ")?.trim().parse().ok())
+            .unwrap_or(2);
+        self.page_size.set(page_size);
         text.push_str(dingtalk);
         text.push_str(&format!(
             "\n\n[database]\npath = \"{}\"\n\n{tail}\n",
@@ -106,21 +112,20 @@ impl TestEnv {
     }
 
     pub async fn sync_with(&self, allow_mass_removal: bool) -> RunReport {
-        let settings = self.settings();
-        let lock = SyncLock::try_acquire(&settings.database.path)
-            .unwrap()
-            .expect("lock is free");
-        let store = Store::open(&settings.database.path)
+        self.sync_settings(self.settings(), allow_mass_removal)
             .await
-            .expect("database opens");
+    }
+
+    /// One run with `settings` as given (the library takes values the config file's ranges
+    /// keep out, such as a timeout below a second).
+    pub async fn sync_settings(&self, settings: Settings, allow_mass_removal: bool) -> RunReport {
         let options = SyncOptions {
             trigger: Trigger::Manual,
             allow_mass_removal,
         };
-        let report = run_sync(&store, &settings, options, &lock, CancellationToken::new())
+        let report = run_once(&settings, options, CancellationToken::new())
             .await
             .expect("run recorded");
-        store.close().await;
         assert_foreign_keys_hold(&settings.database.path).await;
         report
     }
@@ -170,7 +175,8 @@ impl TestEnv {
     pub async fn mount_listing(&self, pages: &[Vec<Value>], expect: Option<u64>) {
         for (k, rooms) in pages.iter().enumerate() {
             let next_token = (k + 1 < pages.len()).then_some(101 + k as i64);
-            let mock = page_request(k).respond_with(page(rooms, next_token));
+            let mock =
+                page_request_of(k, self.page_size.get()).respond_with(page(rooms, next_token));
             match expect {
                 Some(n) => mock.expect(n).mount(&self.server).await,
                 None => mock.mount(&self.server).await,
@@ -248,8 +254,21 @@ impl TestEnv {
     }
 
     pub async fn scalar(&self, sql: &str) -> i64 {
-        let pool = self.pool().await;
-        let n: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
+        self.try_scalar(sql).await.unwrap()
+    }
+
+    /// Like [`TestEnv::scalar`], for a database that another process may still be creating
+    /// (no file or no tables yet).
+    pub async fn try_scalar(&self, sql: &str) -> sqlx::Result<i64> {
+        let options = SqliteConnectOptions::new()
+            .filename(&self.db)
+            .read_only(true)
+            .busy_timeout(std::time::Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await?;
+        let n = sqlx::query_scalar(sql).fetch_one(&pool).await;
         pool.close().await;
         n
     }
@@ -276,11 +295,16 @@ pub fn page(rooms: &[Value], next_token: Option<i64>) -> ResponseTemplate {
 
 /// The request for page `k` of the listing, with the token header and query the API wants.
 pub fn page_request(k: usize) -> wiremock::MockBuilder {
+    page_request_of(k, 2)
+}
+
+/// Like [`page_request`], for a config whose `page_size` is `size`.
+pub fn page_request_of(k: usize, size: u32) -> wiremock::MockBuilder {
     let m = Mock::given(method("GET"))
         .and(path(ROOMS_PATH))
         .and(header("x-acs-dingtalk-access-token", TOKEN))
         .and(query_param("unionId", UNION_ID))
-        .and(query_param("maxResults", "2"));
+        .and(query_param("maxResults", size.to_string()));
     if k == 0 {
         m.and(query_param_is_missing("nextToken"))
     } else {
@@ -317,7 +341,10 @@ pub async fn write_sql(db: &Path, sql: &str) {
 }
 
 pub async fn open_pool(db: &Path) -> SqlitePool {
-    let options = SqliteConnectOptions::new().filename(db).read_only(true);
+    let options = SqliteConnectOptions::new()
+        .filename(db)
+        .read_only(true)
+        .busy_timeout(std::time::Duration::from_secs(5));
     SqlitePoolOptions::new()
         .max_connections(1)
         .connect_with(options)
