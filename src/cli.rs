@@ -56,8 +56,19 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve the stand-in DingTalk API, a generated organisation, until SIGTERM/SIGINT.
+    ///
+    /// For trying roomsync or its service without DingTalk credentials. It accepts only its
+    /// own credentials: app_key "standin-app-key", app secret "standin-app-secret-0000",
+    /// union_id "standin-union-id"; point dingtalk.base_url at http://ADDR:PORT. It tells
+    /// systemd READY=1 once it listens (Type=notify) and needs no configuration file.
+    StandIn(StandInArgs),
     /// Show the latest runs and the age of the last success; exit 0 when it is younger than
     /// --max-age, 1 when older or when there is none.
+    ///
+    /// Reads the database read-only and never waits for a running sync. Of the configuration it
+    /// reads only database.path: it needs no DingTalk credentials, so any member of the group
+    /// roomsync can run it.
     Status {
         /// Oldest acceptable last success, e.g. 90m, 2h, 1day.
         #[arg(long, value_name = "DURATION", default_value = "2h", value_parser = humantime::parse_duration)]
@@ -66,6 +77,26 @@ pub enum Command {
         #[arg(long, value_name = "N", default_value_t = 10)]
         runs: u32,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StandInArgs {
+    /// Address and port to listen on.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8089")]
+    pub listen: std::net::SocketAddr,
+    /// Rooms in the generated organisation.
+    #[arg(long, value_name = "N", default_value_t = 3_000,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub rooms: u32,
+    /// Seed of the generated organisation: the same seed and size give the same rooms.
+    #[arg(long, value_name = "N", default_value_t = 2026)]
+    pub seed: u64,
+    /// Serve the organisation as changed this many times (each revision changes 5% of the rooms).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub revision: u32,
+    /// Delay added to every page of the room list, e.g. 500ms or 2s: a slow upstream.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub page_latency: std::time::Duration,
 }
 
 /// The whole program; `main` only calls this.
@@ -83,6 +114,9 @@ pub fn main() -> ExitCode {
         crate::telemetry::log_panics();
         return ExitCode::from(block_on(demo()));
     }
+    if let Some(command) = cli.command {
+        return ExitCode::from(run_command(command, cli.config.as_deref()));
+    }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -96,12 +130,62 @@ pub fn main() -> ExitCode {
         tracing::warn!("{warning}");
     }
     ExitCode::from(block_on(async {
-        match cli.command {
-            Some(Command::Status { max_age, runs }) => status(&settings, max_age, runs).await,
-            None if cli.sync_now => sync_now(&settings, cli.allow_mass_removal).await,
-            None => daemon(settings).await,
+        if cli.sync_now {
+            sync_now(&settings, cli.allow_mass_removal).await
+        } else {
+            daemon(settings).await
         }
     }))
+}
+
+/// The commands, which need less than the whole configuration: `status` reads only
+/// `[database]` (no credentials), `stand-in` no configuration at all.
+fn run_command(command: Command, config: Option<&std::path::Path>) -> u8 {
+    match command {
+        Command::Status { max_age, runs } => {
+            let database = match crate::config::DatabaseSettings::load(config) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("roomsync: {e}");
+                    return exit::USAGE;
+                }
+            };
+            crate::telemetry::init(&crate::config::LogSettings {
+                level: "warn".into(),
+                format: crate::config::LogFormat::Text,
+            });
+            crate::telemetry::log_panics();
+            block_on(status(&database.path, max_age, runs))
+        }
+        Command::StandIn(args) => {
+            if let Some(e) = std::env::var("RUST_LOG")
+                .ok()
+                .and_then(|v| crate::config::validate_log_filter("RUST_LOG", &v).err())
+            {
+                eprintln!("roomsync: {e}");
+                return exit::USAGE;
+            }
+            crate::telemetry::init(&crate::config::LogSettings::default());
+            crate::telemetry::log_panics();
+            block_on(stand_in(args))
+        }
+    }
+}
+
+/// `stand-in`: serves until SIGTERM/SIGINT (exit 0); 1 when the address cannot be bound.
+async fn stand_in(args: StandInArgs) -> u8 {
+    let shutdown = cancel_on_signal();
+    let mut org = crate::standin::OrgSpec::new(args.seed, args.rooms as usize);
+    org.revision = args.revision;
+    let mut config = crate::standin::StandInConfig::new(org);
+    config.page_latency = args.page_latency;
+    match crate::standin::standalone::serve(args.listen, config, shutdown).await {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("roomsync: stand-in: {e}");
+            exit::FAILED
+        }
+    }
 }
 
 fn block_on(mode: impl std::future::Future<Output = u8>) -> u8 {
@@ -148,8 +232,7 @@ async fn daemon(settings: Settings) -> u8 {
 }
 
 /// `status`: exit 0 when the last success is younger than `max_age`, else 1.
-async fn status(settings: &Settings, max_age: std::time::Duration, runs: u32) -> u8 {
-    let db = &settings.database.path;
+async fn status(db: &std::path::Path, max_age: std::time::Duration, runs: u32) -> u8 {
     match crate::status::read(db, runs).await {
         Ok(report) => {
             print!("{}", report.render(db, max_age));

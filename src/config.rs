@@ -252,48 +252,15 @@ impl Settings {
         explicit: Option<&Path>,
         env: &HashMap<String, String>,
     ) -> Result<Settings, ConfigError> {
-        let (path, hint) = match (explicit, env.get("ROOMSYNC_CONFIG")) {
-            (Some(p), _) => (p.to_path_buf(), "given with --config"),
-            (None, Some(p)) if !p.is_empty() => (PathBuf::from(p), "given in $ROOMSYNC_CONFIG"),
-            _ => (
-                PathBuf::from(DEFAULT_CONFIG_PATH),
-                "the default; use --config PATH or $ROOMSYNC_CONFIG",
-            ),
-        };
-        if !path.is_file() {
-            return Err(ConfigError::FileNotFound { path, hint });
-        }
-        let file = source::read(&path)?;
-        let inline_secret = source::inline_secret(&file.table);
-        let env_secret = env
-            .get("ROOMSYNC__DINGTALK__APP_SECRET")
-            .map(String::as_str);
-        let secrets: Vec<&str> = inline_secret.into_iter().chain(env_secret).collect();
-        let overrides: config::Map<String, String> = env
-            .iter()
-            .filter(|(k, _)| k.starts_with("ROOMSYNC__"))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let raw: RawSettings = config::Config::builder()
-            .add_source(config::File::from_str(&file.text, config::FileFormat::Toml))
-            .add_source(
-                config::Environment::with_prefix("ROOMSYNC")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .source(Some(overrides)),
-            )
-            .build()
-            .and_then(|c| c.try_deserialize())
-            .map_err(|e| {
-                let message = source::scrub(e.to_string(), &secrets);
-                ConfigError::Parse(format!("{message} ({})", path.display()))
-            })?;
+        let loaded: Loaded<RawSettings> = load_layers(explicit, env)?;
+        validate_rust_log(env)?;
         let origin = Origin {
-            config_holds_secret: inline_secret.is_some(),
-            config: path,
+            config_holds_secret: loaded.holds_secret,
+            config: loaded.path,
             credentials_dir: env.get("CREDENTIALS_DIRECTORY").map(PathBuf::from),
         };
-        raw.validate(&origin).map_err(|e| match e {
+        let secrets: Vec<&str> = loaded.secrets.iter().map(String::as_str).collect();
+        loaded.raw.validate(&origin).map_err(|e| match e {
             ConfigError::Invalid { key, problem } => invalid(key, source::scrub(problem, &secrets)),
             other => other,
         })
@@ -333,6 +300,94 @@ impl Settings {
             schedule: raw.schedule,
             warnings: Vec::new(),
         }
+    }
+}
+
+/// The layers as deserialized, with what the checks and the scrubbing of messages need.
+struct Loaded<T> {
+    raw: T,
+    path: PathBuf,
+    /// The file itself holds `app_secret`.
+    holds_secret: bool,
+    /// The secrets given in the file or the environment, to scrub from messages.
+    secrets: Vec<String>,
+}
+
+/// The file named by `explicit`, else `$ROOMSYNC_CONFIG`, else [`DEFAULT_CONFIG_PATH`], under
+/// the `ROOMSYNC__<SECTION>__<KEY>` environment, deserialized as `T` (not yet validated).
+fn load_layers<T: serde::de::DeserializeOwned>(
+    explicit: Option<&Path>,
+    env: &HashMap<String, String>,
+) -> Result<Loaded<T>, ConfigError> {
+    let (path, hint) = match (explicit, env.get("ROOMSYNC_CONFIG")) {
+        (Some(p), _) => (p.to_path_buf(), "given with --config"),
+        (None, Some(p)) if !p.is_empty() => (PathBuf::from(p), "given in $ROOMSYNC_CONFIG"),
+        _ => (
+            PathBuf::from(DEFAULT_CONFIG_PATH),
+            "the default; use --config PATH or $ROOMSYNC_CONFIG",
+        ),
+    };
+    if !path.is_file() {
+        return Err(ConfigError::FileNotFound { path, hint });
+    }
+    let file = source::read(&path)?;
+    let inline_secret = source::inline_secret(&file.table);
+    let env_secret = env
+        .get("ROOMSYNC__DINGTALK__APP_SECRET")
+        .map(String::as_str);
+    let secrets: Vec<&str> = inline_secret.into_iter().chain(env_secret).collect();
+    let overrides: config::Map<String, String> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with("ROOMSYNC__"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let raw: T = config::Config::builder()
+        .add_source(config::File::from_str(&file.text, config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix("ROOMSYNC")
+                .prefix_separator("__")
+                .separator("__")
+                .source(Some(overrides)),
+        )
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .map_err(|e| {
+            let message = source::scrub(e.to_string(), &secrets);
+            ConfigError::Parse(format!("{message} ({})", path.display()))
+        })?;
+    Ok(Loaded {
+        raw,
+        path,
+        holds_secret: inline_secret.is_some(),
+        secrets: secrets.into_iter().map(String::from).collect(),
+    })
+}
+
+/// What `roomsync status` reads of the configuration: `[database]` and nothing else, so that it
+/// works without the `[dingtalk]` section or the app secret.
+#[derive(Deserialize)]
+struct DatabaseOnly {
+    #[serde(default)]
+    database: DatabaseSettings,
+}
+
+impl DatabaseSettings {
+    /// `[database]` from the same layers as [`Settings::load`]; the rest of the file (the
+    /// `[dingtalk]` section, the secret) is neither needed nor checked.
+    pub fn load(explicit: Option<&Path>) -> Result<DatabaseSettings, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        Self::load_with_env(explicit, &env)
+    }
+
+    /// Like [`DatabaseSettings::load`], with the environment given as a map.
+    pub fn load_with_env(
+        explicit: Option<&Path>,
+        env: &HashMap<String, String>,
+    ) -> Result<DatabaseSettings, ConfigError> {
+        let loaded: Loaded<DatabaseOnly> = load_layers(explicit, env)?;
+        validate_rust_log(env)?;
+        validate_database_path(&loaded.raw.database.path)?;
+        Ok(loaded.raw.database)
     }
 }
 
@@ -406,8 +461,8 @@ impl RawDingTalk {
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
             .ok_or_else(|| invalid("dingtalk.base_url", "not an http(s) URL"))?;
         let limits = self.validate_limits()?;
-        let app_key = required("dingtalk.app_key", self.app_key)?;
-        let union_id = required("dingtalk.union_id", self.union_id)?;
+        let app_key = credential("dingtalk.app_key", self.app_key)?;
+        let union_id = credential("dingtalk.union_id", self.union_id)?;
         let app_secret = resolve_secret(
             self.app_secret,
             self.app_secret_file,
@@ -446,12 +501,7 @@ impl RawSettings {
         let dingtalk = self.dingtalk.validate(origin)?;
         let sync = self.sync.validate()?;
         validate_database_path(&self.database.path)?;
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            return Err(invalid(
-                "log.level",
-                format!("{:?} is not a level or filter: {e}", self.log.level),
-            ));
-        }
+        validate_log_filter("log.level", &self.log.level)?;
         validate_cron(&self.schedule.cron)?;
         let credential = origin
             .credentials_dir
@@ -505,6 +555,72 @@ fn required(key: &'static str, value: Option<String>) -> Result<String, ConfigEr
     }
 }
 
+/// A required credential that must not still be the template's placeholder: `app_key =
+/// "dingxxxxxxxxxxxxxxxx"` or `union_id = "xxxxxxxxxxxxxxxxxxxx"` would otherwise be sent to
+/// DingTalk and fail there, far from the file that holds them.
+fn credential(key: &'static str, value: Option<String>) -> Result<String, ConfigError> {
+    let value = required(key, value)?;
+    if is_placeholder(&value) {
+        return Err(invalid(
+            key,
+            "still holds the configuration template's placeholder; set the real value from \
+             DingTalk's developer console (see the README)",
+        ));
+    }
+    Ok(value)
+}
+
+/// The placeholders of `config/roomsync.toml` and the README: runs of `x` (after DingTalk's
+/// `ding` prefix for app keys), or the README's `YOUR-...` words.
+fn is_placeholder(value: &str) -> bool {
+    let value = value.trim();
+    let lower = value.to_ascii_lowercase();
+    let xs = lower.strip_prefix("ding").unwrap_or(&lower);
+    (xs.len() >= 4 && xs.bytes().all(|b| b == b'x')) || value.starts_with("YOUR-")
+}
+
+/// The level names a single-word `log.level` or `RUST_LOG` may be.
+pub const LOG_LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+
+/// A level name, or a tracing filter that parses and whose bare words are level names: an
+/// unknown word such as `warning` would otherwise be read as a target name and silently turn
+/// every line off.
+pub fn validate_log_filter(key: &'static str, spec: &str) -> Result<(), ConfigError> {
+    if spec.trim().is_empty() {
+        return Err(invalid(
+            key,
+            "must not be empty (use \"off\" to turn logging off)",
+        ));
+    }
+    let bare_words = spec
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty() && !d.contains(['=', '[', '{', ':']));
+    for word in bare_words {
+        if !LOG_LEVELS.iter().any(|l| l.eq_ignore_ascii_case(word)) {
+            return Err(invalid(
+                key,
+                format!(
+                    "{word:?} is not a level; use one of {} or a filter such as \"roomsync=debug,warn\"",
+                    LOG_LEVELS.join(", ")
+                ),
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(spec)
+        .map(|_| ())
+        .map_err(|e| invalid(key, format!("{spec:?} is not a level or filter: {e}")))
+}
+
+/// `RUST_LOG`, when set, wins over `log.level`, so it is held to the same rules.
+fn validate_rust_log(env: &HashMap<String, String>) -> Result<(), ConfigError> {
+    match env.get("RUST_LOG").map(|v| v.trim()) {
+        Some(v) if !v.is_empty() => validate_log_filter("RUST_LOG", v),
+        _ => Ok(()),
+    }
+}
+
 /// `app_secret`, else the contents of `app_secret_file`, else `$CREDENTIALS_DIRECTORY/app_secret`
 /// (systemd `LoadCredential=`). Setting both keys is refused as ambiguous.
 fn resolve_secret(
@@ -530,6 +646,12 @@ fn resolve_secret(
     };
     if secret.expose_secret().trim().is_empty() {
         return Err(invalid(key, "the app secret is empty"));
+    }
+    if is_placeholder(secret.expose_secret()) {
+        return Err(invalid(
+            key,
+            "the app secret is still the README's placeholder; use the AppSecret from DingTalk's developer console",
+        ));
     }
     Ok(secret)
 }

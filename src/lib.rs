@@ -2,7 +2,7 @@
 //!
 //! Layout, top to bottom (a module uses only its own layer and the layers below; the test
 //! `tests/layout.rs` keeps it so):
-//! - [`cli`]: the command line and exit codes;
+//! - [`cli`]: the command line and exit codes; [`manual`]: its man pages and completions;
 //! - [`daemon`] (the schedule), [`status`] (`roomsync status`), [`demo`] (`--demo`);
 //! - [`sync`] (one run: fetch, ledger, apply), [`standin`] (a stand-in DingTalk API);
 //! - [`store`] (the database: opening, migrations, runs, staging, the apply), [`dingtalk`]
@@ -17,6 +17,7 @@ pub mod demo;
 pub mod dingtalk;
 pub mod failure;
 pub mod lock;
+pub mod manual;
 pub mod signal;
 pub mod standin;
 pub mod status;

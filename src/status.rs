@@ -38,6 +38,11 @@ pub enum StatusError {
     NoDatabase(String),
     #[error("cannot read {path}: {source}")]
     Read { path: String, source: sqlx::Error },
+    #[error("cannot read {path}: {source} (members of the database's group, roomsync for the service, may read it)")]
+    Access {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 const RUN_COLUMNS: &str =
@@ -46,8 +51,18 @@ const RUN_COLUMNS: &str =
 
 /// Reads the latest `limit` runs and the last successful one.
 pub async fn read(db: &Path, limit: u32) -> Result<StatusReport, StatusError> {
-    if !db.exists() {
-        return Err(StatusError::NoDatabase(db.display().to_string()));
+    // A database we may not see is not a missing one: say which.
+    match std::fs::metadata(db) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(StatusError::NoDatabase(db.display().to_string()))
+        }
+        Err(source) => {
+            return Err(StatusError::Access {
+                path: db.display().to_string(),
+                source,
+            })
+        }
     }
     let read_err = |source| StatusError::Read {
         path: db.display().to_string(),

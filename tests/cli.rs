@@ -294,7 +294,9 @@ async fn secrets_never_reach_logs_output_or_the_database() {
         let env = TestEnv::with("", &format!("[log]\nformat = \"{format}\"")).await;
         // A run that renews its token, is throttled, and finally fails on a refused secret.
         env.reset_upstream(&rooms_in_pages(3)).await;
-        let mut outputs = vec![sync_now(&env, &[("RUST_LOG", "trace")]).await];
+        // Every crate at trace (a bare level would apply to roomsync's own lines only).
+        let all_at_trace = ("RUST_LOG", "trace,roomsync=trace");
+        let mut outputs = vec![sync_now(&env, &[all_at_trace]).await];
         env.server.reset().await;
         env.mount_token(None).await;
         page_request(0)
@@ -302,14 +304,14 @@ async fn secrets_never_reach_logs_output_or_the_database() {
                 "code": "InvalidAuthentication", "message": format!("bad token {TOKEN}")})))
             .mount(&env.server)
             .await;
-        outputs.push(sync_now(&env, &[("RUST_LOG", "trace")]).await);
+        outputs.push(sync_now(&env, &[all_at_trace]).await);
         env.server.reset().await;
         wiremock::Mock::given(wiremock::matchers::path(TOKEN_PATH))
             .respond_with(ResponseTemplate::new(400).set_body_json(json!({
                 "code": "invalidClientIdOrSecret", "message": format!("secret {SECRET} is wrong")})))
             .mount(&env.server)
             .await;
-        outputs.push(sync_now(&env, &[("RUST_LOG", "trace")]).await);
+        outputs.push(sync_now(&env, &[all_at_trace]).await);
         assert_eq!(
             outputs
                 .iter()

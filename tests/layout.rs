@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 /// README "Layout", top to bottom: a module may refer to its own layer or the layers below.
 const LAYERS: &[&[&str]] = &[
-    &["cli"],
+    &["cli", "manual"],
     &["daemon", "status", "demo"],
     &["sync", "standin"],
     &["store", "dingtalk"],

@@ -5,6 +5,7 @@
 
 pub mod org;
 mod server;
+pub mod standalone;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -88,7 +89,12 @@ pub struct StandIn {
 impl StandIn {
     /// Serves on an ephemeral port of 127.0.0.1.
     pub async fn start(config: StandInConfig) -> std::io::Result<StandIn> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        Self::start_at(SocketAddr::from(([127, 0, 0, 1], 0)), config).await
+    }
+
+    /// Serves on `addr` (`roomsync stand-in --listen`).
+    pub async fn start_at(addr: SocketAddr, config: StandInConfig) -> std::io::Result<StandIn> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new(config));
         let shutdown = CancellationToken::new();

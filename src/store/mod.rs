@@ -6,6 +6,7 @@ pub mod apply;
 pub mod fingerprints;
 pub mod runs;
 pub mod staging;
+mod wal;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -121,6 +122,8 @@ impl Store {
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
+            // ... and stay when roomsync stops: see `wal`.
+            .after_connect(|conn, _| Box::pin(wal::keep_wal_files(conn)))
             .connect_with(options)
             .await
             .map_err(sqlx_err)?;
