@@ -29,6 +29,24 @@ impl Stage {
     }
 }
 
+/// Whether a run stopped for it (`sync_errors.severity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The request or the run failed.
+    Error,
+    /// A part of a record was left out; the run went on.
+    Warning,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        }
+    }
+}
+
 /// roomsync's own error codes, recorded where DingTalk gave none.
 pub mod codes {
     /// A complete listing would have removed too many rooms.
@@ -57,6 +75,8 @@ pub mod codes {
     pub const RUNAWAY_PAGINATION: &str = "pagination.runaway";
     /// The run panicked: a bug, caught so the process goes on.
     pub const PANIC: &str = "internal.panic";
+    /// A warning: a part of a record that could not be used was left out.
+    pub const PART_SKIPPED: &str = "record.part_skipped";
 }
 
 /// One failed step: a request attempt, a validation, or a database write.
@@ -72,6 +92,7 @@ pub struct Failure {
     pub request_id: Option<String>,
     /// True when the request was tried again after this error.
     pub retried: bool,
+    pub severity: Severity,
 }
 
 impl Failure {
@@ -84,6 +105,15 @@ impl Failure {
             message: message.into(),
             request_id: None,
             retried: false,
+            severity: Severity::Error,
+        }
+    }
+
+    /// A warning of the run: `message` says which part of which record was left out.
+    pub fn warning(page: Option<u32>, message: impl Into<String>) -> Self {
+        Failure {
+            severity: Severity::Warning,
+            ..Failure::new(Stage::Validate, codes::PART_SKIPPED, message).on_page(page)
         }
     }
 

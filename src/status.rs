@@ -21,6 +21,7 @@ pub struct RunRow {
     pub rooms_added: Option<i64>,
     pub rooms_updated: Option<i64>,
     pub rooms_removed: Option<i64>,
+    pub warnings: i64,
     pub error: Option<String>,
 }
 
@@ -47,7 +48,7 @@ pub enum StatusError {
 
 const RUN_COLUMNS: &str =
     "run_id, trigger, status, started_at, finished_at, pages_fetched, rooms_seen,
-     rooms_added, rooms_updated, rooms_removed, error";
+     rooms_added, rooms_updated, rooms_removed, warnings, error";
 
 /// Reads the latest `limit` runs and the last successful one.
 pub async fn read(db: &Path, limit: u32) -> Result<StatusReport, StatusError> {
@@ -146,7 +147,7 @@ impl StatusReport {
         }
         let _ = writeln!(
             out,
-            "\n{:>6}  {:<8}  {:<11}  {:<20}  {:>8}  {:>5}  {:>6}  {:>5}  {:>7}  {:>7}  error",
+            "\n{:>6}  {:<8}  {:<11}  {:<20}  {:>8}  {:>5}  {:>6}  {:>5}  {:>7}  {:>7}  {:>8}  error",
             "run",
             "trigger",
             "status",
@@ -156,7 +157,8 @@ impl StatusReport {
             "seen",
             "added",
             "updated",
-            "removed"
+            "removed",
+            "warnings"
         );
         let num = |n: Option<i64>| n.map_or("-".to_string(), |n| n.to_string());
         for r in &self.runs {
@@ -165,7 +167,7 @@ impl StatusReport {
                 .unwrap_or_else(|| "-".into());
             let _ = writeln!(
                 out,
-                "{:>6}  {:<8}  {:<11}  {:<20}  {:>8}  {:>5}  {:>6}  {:>5}  {:>7}  {:>7}  {}",
+                "{:>6}  {:<8}  {:<11}  {:<20}  {:>8}  {:>5}  {:>6}  {:>5}  {:>7}  {:>7}  {:>8}  {}",
                 r.run_id,
                 r.trigger,
                 r.status,
@@ -176,6 +178,7 @@ impl StatusReport {
                 num(r.rooms_added),
                 num(r.rooms_updated),
                 num(r.rooms_removed),
+                r.warnings,
                 r.error.as_deref().unwrap_or("")
             );
         }

@@ -2,6 +2,9 @@
 //!
 //! Field types follow the official SDK models (see `../shared/api/dingtalk-notes.md`): every
 //! field is optional and may be null; unknown fields are ignored; a wrong type is an error.
+//! A part the mirror cannot use (a label without `labelId`, a group without `groupId`, a null
+//! record) is left out and reported as a [`SkippedPart`]; only a room without `roomId` makes
+//! the record, and so the run, fail.
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -14,8 +17,9 @@ pub struct RoomListPage {
     pub has_more: Option<bool>,
     #[serde(default)]
     pub next_token: Option<i64>,
+    /// Null items are read as such, to be left out with a warning.
     #[serde(default)]
-    pub result: Option<Vec<RawRoom>>,
+    pub result: Option<Vec<Option<RawRoom>>>,
 }
 
 /// A room record as sent; [`RawRoom::validate`] makes a [`Room`] of it.
@@ -33,7 +37,7 @@ pub struct RawRoom {
     #[serde(default)]
     room_status: Option<i64>,
     #[serde(default)]
-    room_labels: Option<Vec<RawLabel>>,
+    room_labels: Option<Vec<Option<RawLabel>>>,
     #[serde(default)]
     room_capacity: Option<i64>,
     #[serde(default)]
@@ -79,7 +83,7 @@ pub struct RawGroup {
 #[derive(Debug, Deserialize)]
 pub struct GroupListResponse {
     #[serde(default)]
-    pub result: Option<Vec<RawGroup>>,
+    pub result: Option<Vec<Option<RawGroup>>>,
 }
 
 /// The body of `POST /v1.0/oauth2/accessToken`.
@@ -132,29 +136,33 @@ pub enum ParseError {
     Field { path: String, reason: String },
 }
 
-/// A record the mirror cannot do without a part of; `index` is the record's place on its page.
+/// A record the mirror cannot use at all; `index` is the record's place on its page.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidRecord {
     #[error("result[{index}]: room without roomId")]
     NoRoomId { index: usize },
-    #[error("result[{index}] (roomId {room_id:?}).roomGroup: {source}")]
-    Group {
-        index: usize,
-        room_id: String,
-        source: NoGroupId,
-    },
-    #[error("result[{index}] (roomId {room_id:?}).roomLabels[{label}]: label without labelId")]
-    NoLabelId {
-        index: usize,
-        room_id: String,
-        label: usize,
-    },
 }
 
-/// A room group without `groupId`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("group without groupId")]
-pub struct NoGroupId;
+/// A part of a response that could not be used and was left out, the run going on: a warning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedPart {
+    /// Where in the response, e.g. `result[3].roomLabels[1]` (indexes from 0 on the page).
+    pub path: String,
+    /// What was left out, e.g. `label without labelId`.
+    pub what: &'static str,
+    /// The room it belongs to, when it is a part of a room.
+    pub room_id: Option<String>,
+}
+
+impl std::fmt::Display for SkippedPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} left out", self.path, self.what)?;
+        if let Some(id) = &self.room_id {
+            write!(f, " (roomId {id:?})")?;
+        }
+        Ok(())
+    }
+}
 
 /// Parses a JSON body, naming the path of the offending field on error
 /// (e.g. `result[3].roomCapacity: invalid type: string "ten", expected i64`).
@@ -173,34 +181,48 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ParseError> {
 
 impl RawRoom {
     /// Checks what the mirror cannot do without; `index` is the record's place on its page.
-    pub fn validate(self, index: usize) -> Result<Room, InvalidRecord> {
+    /// Parts that cannot be used are left out and noted in `skipped`.
+    pub fn validate(
+        self,
+        index: usize,
+        skipped: &mut Vec<SkippedPart>,
+    ) -> Result<Room, InvalidRecord> {
         let room_id = match self.room_id {
             Some(id) if !id.is_empty() => id,
             _ => return Err(InvalidRecord::NoRoomId { index }),
         };
-        let group = match self.room_group {
-            None => None,
-            Some(g) => Some(g.validate().map_err(|source| InvalidRecord::Group {
-                index,
-                room_id: room_id.clone(),
-                source,
-            })?),
+        let at = |part: String, what: &'static str| SkippedPart {
+            path: format!("result[{index}]{part}"),
+            what,
+            room_id: Some(room_id.clone()),
+        };
+        let group = match self.room_group.map(RawGroup::into_group) {
+            Some(GroupPart::Group(g)) => Some(g),
+            Some(GroupPart::WithoutId) => {
+                skipped.push(at(".roomGroup".into(), "group without groupId"));
+                None
+            }
+            Some(GroupPart::Empty) | None => None,
         };
         let mut labels: Vec<Label> = Vec::new();
         for (i, l) in self.room_labels.unwrap_or_default().into_iter().enumerate() {
+            // A null item reads as nothing, as DingTalk's SDK reads it.
+            let Some(l) = l else { continue };
             let Some(label_id) = l.label_id else {
-                return Err(InvalidRecord::NoLabelId {
-                    index,
-                    room_id,
-                    label: i,
-                });
+                skipped.push(at(format!(".roomLabels[{i}]"), "label without labelId"));
+                continue;
             };
-            // A repeated label id on one room: the later entry wins, as with repeated rooms.
+            let label_name = l.label_name.filter(|n| !n.is_empty());
+            // A repeated label id on one room: a later name wins, a nameless mention keeps it.
             match labels.iter_mut().find(|x| x.label_id == label_id) {
-                Some(existing) => existing.label_name = l.label_name,
+                Some(existing) => {
+                    if label_name.is_some() {
+                        existing.label_name = label_name;
+                    }
+                }
                 None => labels.push(Label {
                     label_id,
-                    label_name: l.label_name,
+                    label_name,
                 }),
             }
         }
@@ -225,21 +247,42 @@ impl RawRoom {
     }
 }
 
+/// What a group object amounts to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupPart {
+    Group(Group),
+    /// `{}`, or every field null: no group, nothing to say.
+    Empty,
+    /// A name or a parent but no `groupId`: no group, with a warning.
+    WithoutId,
+}
+
 impl RawGroup {
-    /// A group needs its id.
-    pub fn validate(self) -> Result<Group, NoGroupId> {
-        let group_id = self.group_id.ok_or(NoGroupId)?;
-        Ok(Group {
-            group_id,
-            group_name: self.group_name,
-            parent_id: self.parent_id,
-        })
+    /// A group needs its id; without one it is no group.
+    pub fn into_group(self) -> GroupPart {
+        match self.group_id {
+            Some(group_id) => GroupPart::Group(Group {
+                group_id,
+                group_name: self.group_name,
+                parent_id: self.parent_id,
+            }),
+            None if self.group_name.is_none() && self.parent_id.is_none() => GroupPart::Empty,
+            None => GroupPart::WithoutId,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn one_room(body: &[u8]) -> (Result<Room, InvalidRecord>, Vec<String>) {
+        let mut page = parse_json::<RoomListPage>(body).unwrap();
+        let raw = page.result.take().unwrap().pop().unwrap().unwrap();
+        let mut skipped = Vec::new();
+        let room = raw.validate(0, &mut skipped);
+        (room, skipped.iter().map(ToString::to_string).collect())
+    }
 
     #[test]
     fn wrong_type_names_the_field() {
@@ -256,13 +299,13 @@ mod tests {
     fn nulls_and_absent_fields_are_none_and_unknown_fields_ignored() {
         let body =
             br#"{"hasMore":null,"result":[{"roomId":"a","roomName":null,"brandNew":{"x":1}}]}"#;
-        let page = parse_json::<RoomListPage>(body).unwrap();
-        assert_eq!(page.has_more, None);
-        let room = page.result.unwrap().pop().unwrap().validate(0).unwrap();
+        let (room, skipped) = one_room(body);
+        let room = room.unwrap();
         assert_eq!(room.room_id, "a");
         assert_eq!(room.room_name, None);
         assert_eq!(room.group, None);
         assert!(room.labels.is_empty());
+        assert!(skipped.is_empty());
     }
 
     #[test]
@@ -270,34 +313,22 @@ mod tests {
         for body in [
             &br#"{"result":[{"roomName":"x"}]}"#[..],
             br#"{"result":[{"roomId":""}]}"#,
+            br#"{"result":[{"roomId":null}]}"#,
         ] {
-            let mut page = parse_json::<RoomListPage>(body).unwrap();
-            let err = page
-                .result
-                .take()
-                .unwrap()
-                .pop()
-                .unwrap()
-                .validate(0)
-                .unwrap_err();
-            assert_eq!(err.to_string(), "result[0]: room without roomId");
+            let (room, _) = one_room(body);
+            assert_eq!(
+                room.unwrap_err().to_string(),
+                "result[0]: room without roomId"
+            );
         }
     }
 
     #[test]
-    fn repeated_label_ids_keep_the_later_name() {
-        let body = br#"{"result":[{"roomId":"a","roomLabels":[{"labelId":1,"labelName":"TV"},{"labelId":3},{"labelId":1,"labelName":"Television"}]}]}"#;
-        let mut page = parse_json::<RoomListPage>(body).unwrap();
-        let room = page
-            .result
-            .take()
-            .unwrap()
-            .pop()
-            .unwrap()
-            .validate(0)
-            .unwrap();
+    fn repeated_label_ids_keep_the_later_name_but_not_a_missing_one() {
+        let body = br#"{"result":[{"roomId":"a","roomLabels":[{"labelId":1,"labelName":"TV"},{"labelId":3},{"labelId":1,"labelName":"Television"},{"labelId":1,"labelName":""},{"labelId":1}]}]}"#;
+        let (room, _) = one_room(body);
         assert_eq!(
-            room.labels,
+            room.unwrap().labels,
             vec![
                 Label {
                     label_id: 1,
@@ -312,28 +343,27 @@ mod tests {
     }
 
     #[test]
-    fn label_or_group_without_id_is_refused() {
-        let body = br#"{"result":[{"roomId":"a","roomLabels":[{"labelName":"TV"}]}]}"#;
-        let mut page = parse_json::<RoomListPage>(body).unwrap();
-        let err = page
-            .result
-            .take()
-            .unwrap()
-            .pop()
-            .unwrap()
-            .validate(0)
-            .unwrap_err();
-        assert!(err.to_string().contains("label without labelId"), "{err}");
-        let body = br#"{"result":[{"roomId":"a","roomGroup":{"groupName":"G"}}]}"#;
-        let mut page = parse_json::<RoomListPage>(body).unwrap();
-        let err = page
-            .result
-            .take()
-            .unwrap()
-            .pop()
-            .unwrap()
-            .validate(0)
-            .unwrap_err();
-        assert!(err.to_string().contains("group without groupId"), "{err}");
+    fn unusable_labels_and_groups_are_left_out_with_a_warning_null_items_without() {
+        let body = br#"{"result":[{"roomId":"a","roomLabels":[null,{"labelName":"TV"},{"labelId":2}],"roomGroup":{"groupName":"G"}}]}"#;
+        let (room, skipped) = one_room(body);
+        let room = room.unwrap();
+        assert_eq!(
+            room.labels.iter().map(|l| l.label_id).collect::<Vec<_>>(),
+            [2]
+        );
+        assert_eq!(room.group, None);
+        assert_eq!(
+            skipped,
+            [
+                "result[0].roomGroup: group without groupId left out (roomId \"a\")",
+                "result[0].roomLabels[1]: label without labelId left out (roomId \"a\")",
+            ]
+        );
+        for group in [r#"{}"#, r#"null"#, r#"{"groupId":null,"groupName":null}"#] {
+            let body = format!(r#"{{"result":[{{"roomId":"a","roomGroup":{group}}}]}}"#);
+            let (room, skipped) = one_room(body.as_bytes());
+            assert_eq!(room.unwrap().group, None, "{group}");
+            assert!(skipped.is_empty(), "{group}: {skipped:?}");
+        }
     }
 }

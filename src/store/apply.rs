@@ -11,8 +11,9 @@ use std::time::{Duration, Instant, SystemTime};
 use sqlx::sqlite::SqliteConnection;
 use sqlx::Connection;
 
-use super::runs::now_rfc3339;
+use super::runs::{insert_error, now_rfc3339};
 use super::staging::{StagedChange, Staging};
+use crate::failure::Failure;
 
 /// The room columns DingTalk supplies, besides the key: compared and copied by the apply, and
 /// named in `room_changes.changed_fields`.
@@ -33,7 +34,7 @@ pub const SYNCED_ROOM_COLUMNS: [&str; 10] = [
 pub const LABELS_FIELD: &str = "labels";
 
 /// What the apply needs besides the staged rows.
-pub struct ApplyRequest {
+pub struct ApplyRequest<'a> {
     pub run_id: i64,
     pub pages_fetched: u32,
     /// Distinct rooms in the complete listing (staged or not).
@@ -42,6 +43,10 @@ pub struct ApplyRequest {
     pub allow_mass_removal: bool,
     /// Change feed entries older than this many days are pruned; 0 keeps them forever.
     pub keep_changes_days: u32,
+    /// The run's warnings to record (the first ones), written with the data.
+    pub warnings: &'a [Failure],
+    /// How many warnings the run had in all.
+    pub warning_count: u64,
 }
 
 /// What an applied run changed, as recorded in its `sync_runs` row.
@@ -74,7 +79,7 @@ pub fn removal_limit(active: u64, ratio: f64) -> f64 {
 }
 
 /// Applies the staged listing in one `BEGIN IMMEDIATE` transaction, step by step.
-pub async fn apply(staging: &mut Staging, req: &ApplyRequest) -> sqlx::Result<ApplyOutcome> {
+pub async fn apply(staging: &mut Staging, req: &ApplyRequest<'_>) -> sqlx::Result<ApplyOutcome> {
     let conn = staging.connection();
     prepare_connection(conn).await?;
     let mut steps = Steps::default();
@@ -130,7 +135,7 @@ async fn prepare_connection(conn: &mut SqliteConnection) -> sqlx::Result<()> {
 /// than `max(5, ratio x active)`, or every active room (an empty listing), and the run may not.
 async fn removal_guard(
     conn: &mut SqliteConnection,
-    req: &ApplyRequest,
+    req: &ApplyRequest<'_>,
 ) -> sqlx::Result<Option<ApplyOutcome>> {
     let would_remove = count(
         conn,
@@ -290,14 +295,15 @@ async fn write_groups(conn: &mut SqliteConnection, now: &str) -> sqlx::Result<()
     Ok(())
 }
 
-/// Labels: every label the listing names, with its latest name.
+/// Labels: every label the listing names, with its latest name. A label the listing mentions
+/// only without a name keeps the name it has.
 async fn write_labels(conn: &mut SqliteConnection) -> sqlx::Result<()> {
     execute(
         conn,
         "INSERT INTO main.labels (label_id, label_name)
          SELECT label_id, label_name FROM temp.stage_labels WHERE true
          ON CONFLICT (label_id) DO UPDATE SET label_name = excluded.label_name
-         WHERE labels.label_name IS NOT excluded.label_name",
+         WHERE excluded.label_name IS NOT NULL AND labels.label_name IS NOT excluded.label_name",
         &[],
     )
     .await?;
@@ -363,7 +369,7 @@ async fn write_label_links(conn: &mut SqliteConnection) -> sqlx::Result<()> {
 /// entries older than `keep_changes_days`.
 async fn record_changes(
     conn: &mut SqliteConnection,
-    req: &ApplyRequest,
+    req: &ApplyRequest<'_>,
     now: &str,
 ) -> sqlx::Result<()> {
     let run_id = req.run_id.to_string();
@@ -437,15 +443,20 @@ async fn keep_fingerprints(conn: &mut SqliteConnection) -> sqlx::Result<()> {
     Ok(())
 }
 
-/// The run row: `succeeded`, with its counts, in the same transaction as the data.
+/// The run row: `succeeded`, with its counts, and its warning rows, in the same transaction
+/// as the data.
 async fn finish_run(
     conn: &mut SqliteConnection,
-    req: &ApplyRequest,
+    req: &ApplyRequest<'_>,
     counts: &ApplyCounts,
 ) -> sqlx::Result<()> {
+    for warning in req.warnings {
+        insert_error(conn, req.run_id, warning).await?;
+    }
     sqlx::query(
         "UPDATE main.sync_runs SET status = 'succeeded', finished_at = ?2, pages_fetched = ?3,
-             rooms_seen = ?4, rooms_added = ?5, rooms_updated = ?6, rooms_removed = ?7, error = NULL
+             rooms_seen = ?4, rooms_added = ?5, rooms_updated = ?6, rooms_removed = ?7, error = NULL,
+             warnings = ?8
          WHERE run_id = ?1",
     )
     .bind(req.run_id)
@@ -455,6 +466,7 @@ async fn finish_run(
     .bind(counts.added as i64)
     .bind(counts.updated as i64)
     .bind(counts.removed as i64)
+    .bind(req.warning_count as i64)
     .execute(conn)
     .await?;
     Ok(())

@@ -286,6 +286,7 @@ mod tests {
             (3, "305d1c67bdf1fcf5"),
             (4, "9cbba6d118ff93f6"),
             (5, "5e8f79bb8cb85f25"),
+            (6, "bd746068ea3fd7c7"),
         ];
         for (version, checksum) in released {
             let migration = MIGRATOR

@@ -158,11 +158,17 @@ pub async fn record_error(pool: &SqlitePool, run_id: i64, f: &Failure) -> sqlx::
     insert_error(&mut conn, run_id, f).await
 }
 
-async fn insert_error(conn: &mut SqliteConnection, run_id: i64, f: &Failure) -> sqlx::Result<()> {
+/// Inserts one row of `sync_errors`, an error or a warning, in the caller's transaction.
+pub async fn insert_error(
+    conn: &mut SqliteConnection,
+    run_id: i64,
+    f: &Failure,
+) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO sync_errors
-             (run_id, occurred_at, stage, page, http_status, error_code, message, request_id, retried)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             (run_id, occurred_at, stage, page, http_status, error_code, message, request_id, retried,
+              severity)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )
     .bind(run_id)
     .bind(now_rfc3339())
@@ -173,6 +179,7 @@ async fn insert_error(conn: &mut SqliteConnection, run_id: i64, f: &Failure) -> 
     .bind(&f.message)
     .bind(f.request_id.as_deref())
     .bind(f.retried)
+    .bind(f.severity.as_str())
     .execute(conn)
     .await?;
     Ok(())

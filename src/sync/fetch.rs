@@ -15,8 +15,9 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::ledger::{fingerprint, Decision, Ledger};
-use super::{FailureLog, FetchProgress, NotApplied, Run};
-use crate::dingtalk::{DingTalkClient, Group, Room};
+use super::{FailureLog, FetchProgress, NotApplied, Run, Warnings};
+use crate::dingtalk::model::{GroupListResponse, GroupPart, RawGroup, RawRoom, SkippedPart};
+use crate::dingtalk::{DingTalkClient, Group, Label, Room};
 use crate::failure::{codes, Failure, Stage};
 use crate::store::apply::{apply, ApplyCounts, ApplyOutcome, ApplyRequest};
 use crate::store::fingerprints::{active_rooms_with, load_mirror_summary, stored_fingerprints};
@@ -118,14 +119,7 @@ async fn fetch_listing(
     progress: &mut FetchProgress,
 ) -> Result<Vec<Group>, NotApplied> {
     let listed = client.group_list().await.map_err(NotApplied::Failed)?;
-    let mut groups = Vec::new();
-    for (i, raw) in listed.result.unwrap_or_default().into_iter().enumerate() {
-        let group = raw.validate().map_err(|e| {
-            let message = format!("groupLists result[{i}]: {e}");
-            failures.fail(Failure::new(Stage::Validate, codes::BAD_RESPONSE, message))
-        })?;
-        groups.push(group);
-    }
+    let groups = listed_groups(listed, failures, &mut progress.warnings);
     let mut cursor = Cursor::default();
     let max_pages = client.settings().max_pages;
     for page in 0u32.. {
@@ -142,25 +136,9 @@ async fn fetch_listing(
             .await
             .map_err(NotApplied::Failed)?;
         progress.pages += 1;
-        let invalid = |code: &str, message: String| {
-            failures.fail(Failure::new(Stage::Validate, code, message).on_page(Some(page)))
-        };
-        let rooms = body
-            .result
-            .unwrap_or_default()
-            .into_iter()
-            .enumerate()
-            .map(|(i, raw)| raw.validate(i))
-            .collect::<Result<Vec<Room>, _>>()
-            .map_err(|e| invalid(codes::BAD_RESPONSE, e.to_string()))?;
         let asked = client.settings().page_size as usize;
-        if rooms.len() > asked {
-            let message = format!(
-                "the page has {} rooms, more than the {asked} asked for (maxResults)",
-                rooms.len()
-            );
-            return Err(invalid(codes::BAD_RESPONSE, message));
-        }
+        let records = body.result.unwrap_or_default();
+        let rooms = page_rooms(records, asked, page, failures, &mut progress.warnings)?;
         tracing::debug!(page, rooms = rooms.len(), has_more = ?body.has_more, "page fetched");
         let more = body.has_more == Some(true);
         let empty = rooms.is_empty();
@@ -172,6 +150,88 @@ async fn fetch_listing(
             .map_err(|f| failures.fail(f.on_page(Some(page))))?;
     }
     unreachable!("the page loop only ends by returning")
+}
+
+/// The groups of `groupLists`; an item without `groupId`, or null, is left out with a warning.
+fn listed_groups(
+    listed: GroupListResponse,
+    failures: &FailureLog,
+    warnings: &mut Warnings,
+) -> Vec<Group> {
+    let mut groups = Vec::new();
+    for (i, raw) in listed.result.unwrap_or_default().into_iter().enumerate() {
+        let what = match raw.map(RawGroup::into_group) {
+            Some(GroupPart::Group(group)) => {
+                groups.push(group);
+                continue;
+            }
+            Some(_) => "group without groupId",
+            None => "null group record",
+        };
+        let part = SkippedPart {
+            path: format!("groupLists result[{i}]"),
+            what,
+            room_id: None,
+        };
+        warnings.add(failures.warning(None, &part));
+    }
+    groups
+}
+
+/// The rooms of one page. A room without `roomId` fails the run; parts that cannot be used,
+/// and null records, are left out with a warning each.
+fn page_rooms(
+    records: Vec<Option<RawRoom>>,
+    asked: usize,
+    page: u32,
+    failures: &FailureLog,
+    warnings: &mut Warnings,
+) -> Result<Vec<Room>, NotApplied> {
+    let invalid = |message: String| {
+        let failure = Failure::new(Stage::Validate, codes::BAD_RESPONSE, message);
+        failures.fail(failure.on_page(Some(page)))
+    };
+    if records.len() > asked {
+        let message = format!(
+            "the page has {} rooms, more than the {asked} asked for (maxResults)",
+            records.len()
+        );
+        return Err(invalid(message));
+    }
+    let mut skipped = Vec::new();
+    let mut rooms = Vec::with_capacity(records.len());
+    for (i, record) in records.into_iter().enumerate() {
+        match record {
+            Some(raw) => rooms.push(
+                raw.validate(i, &mut skipped)
+                    .map_err(|e| invalid(e.to_string()))?,
+            ),
+            None => skipped.push(SkippedPart {
+                path: format!("result[{i}]"),
+                what: "null room record",
+                room_id: None,
+            }),
+        }
+    }
+    for part in &skipped {
+        warnings.add(failures.warning(Some(page), part));
+    }
+    Ok(rooms)
+}
+
+/// A label's name within one listing is the last one any record gives; a mention without a
+/// name never replaces a known one. Compared first, so the steady state allocates nothing.
+fn note_label(labels: &mut BTreeMap<i64, Option<String>>, label: &Label) {
+    match (&label.label_name, labels.get(&label.label_id)) {
+        (Some(name), Some(Some(known))) if known == name => {}
+        (Some(name), _) => {
+            labels.insert(label.label_id, Some(name.clone()));
+        }
+        (None, Some(_)) => {}
+        (None, None) => {
+            labels.insert(label.label_id, None);
+        }
+    }
 }
 
 /// Where the listing goes next, and what keeps it from going round in circles.
@@ -257,10 +317,7 @@ async fn sort_and_stage(
         let t0 = Instant::now();
         for room in rooms {
             for label in &room.labels {
-                // Later records win; compare first so the steady state allocates nothing.
-                if labels.get(&label.label_id) != Some(&label.label_name) {
-                    labels.insert(label.label_id, label.label_name.clone());
-                }
+                note_label(&mut labels, label);
             }
             if let Some(group) = &room.group {
                 if groups.get(&group.group_id) != Some(group) {
@@ -423,6 +480,8 @@ async fn apply_listing(
         max_removal_ratio: run.settings.sync.max_removal_ratio,
         allow_mass_removal: run.options.allow_mass_removal,
         keep_changes_days: run.settings.sync.keep_changes_days,
+        warnings: &progress.warnings.rows,
+        warning_count: progress.warnings.count,
     };
     match apply(staging, &request).await {
         Ok(ApplyOutcome::Applied(counts)) => Ok(counts),

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Settings;
+use crate::dingtalk::model::SkippedPart;
 use crate::dingtalk::Observer;
 use crate::failure::{codes, Failure, Redactor, Stage};
 use crate::lock::{lock_path, SyncLock};
@@ -53,6 +54,8 @@ pub struct RunReport {
     pub counts: Option<ApplyCounts>,
     pub duration: Duration,
     pub error: Option<String>,
+    /// Parts of records left out (recorded only when the run applied).
+    pub warnings: u64,
     /// Why the end of the run could not be recorded (it stays `running` until the next run
     /// marks it interrupted), when it could not: a full disk, say.
     pub end_not_recorded: Option<String>,
@@ -84,14 +87,19 @@ impl fmt::Display for RunReport {
         match (&self.counts, &self.error) {
             (Some(c), _) => write!(
                 f,
-                "sync run {} {}: {} pages, rooms seen {}, added {}, updated {}, removed {} in {secs:.2}s",
+                "sync run {} {}: {} pages, rooms seen {}, added {}, updated {}, removed {}{} in {secs:.2}s",
                 self.run_id,
                 self.status.as_str(),
                 self.pages_fetched,
                 c.seen,
                 c.added,
                 c.updated,
-                c.removed
+                c.removed,
+                match self.warnings {
+                    0 => String::new(),
+                    1 => ", 1 warning".to_string(),
+                    n => format!(", {n} warnings"),
+                }
             ),
             (None, error) => write!(
                 f,
@@ -259,6 +267,7 @@ async fn record_panic(
         counts: None,
         duration: started.elapsed(),
         error: Some(error),
+        warnings: 0,
         end_not_recorded: recorded.err().map(|e| e.to_string()),
     }
 }
@@ -330,16 +339,45 @@ impl Run<'_> {
             counts,
             duration: started.elapsed(),
             error,
+            warnings: if counts.is_some() {
+                progress.warnings.count
+            } else {
+                0
+            },
             end_not_recorded,
         }
     }
 }
 
-/// How far the fetch got, for the run record of a run that did not apply.
+/// How far the fetch got, for the run record of a run that did not apply, and the warnings
+/// to record with the apply of one that does.
 #[derive(Default)]
 struct FetchProgress {
     pages: u32,
     rooms_seen: Option<u64>,
+    warnings: Warnings,
+}
+
+/// The first warning rows a run records; its count of warnings stays exact beyond them, so a
+/// systematically odd listing cannot flood `sync_errors`.
+const MAX_WARNING_ROWS: usize = 100;
+
+/// A run's warnings: parts of records left out, the run going on.
+#[derive(Default)]
+struct Warnings {
+    /// The first [`MAX_WARNING_ROWS`], to be written with the apply.
+    rows: Vec<Failure>,
+    count: u64,
+}
+
+impl Warnings {
+    fn add(&mut self, warning: Failure) {
+        self.count += 1;
+        if self.rows.len() < MAX_WARNING_ROWS {
+            tracing::warn!(page = warning.page, "{}", warning.message);
+            self.rows.push(warning);
+        }
+    }
 }
 
 /// Where a run's failures go: each one is recorded in `sync_errors` as it happens, by a task
@@ -384,6 +422,12 @@ impl FailureLog {
         ))
     }
 
+    /// A warning about `part`, redacted like every upstream text; it is recorded with the apply.
+    fn warning(&self, page: Option<u32>, part: &SkippedPart) -> Failure {
+        self.redactor
+            .failure(Failure::warning(page, part.to_string()))
+    }
+
     /// The same log, as the client's observer of failed attempts.
     fn observer(&self) -> Observer {
         self.record.clone()
@@ -422,6 +466,7 @@ fn log_summary(report: &RunReport) {
                 rooms_added = c.added,
                 rooms_updated = c.updated,
                 rooms_removed = c.removed,
+                warnings = report.warnings,
                 duration_ms,
                 "{report}"
             )

@@ -492,3 +492,17 @@ pub async fn assert_failed_untouched(
         .await;
     assert_eq!(row, vec![format!("failed|{error}")]);
 }
+
+/// Makes every later write to the mirrored tables visible in `write_log`.
+pub async fn log_writes(env: &TestEnv) {
+    let mut sql = String::from("CREATE TABLE write_log (tbl TEXT, op TEXT);");
+    for table in ["rooms", "labels", "room_labels", "room_groups"] {
+        for op in ["INSERT", "UPDATE", "DELETE"] {
+            sql.push_str(&format!(
+                "CREATE TRIGGER log_{table}_{op} AFTER {op} ON {table} BEGIN
+                   INSERT INTO write_log VALUES ('{table}', '{op}'); END;"
+            ));
+        }
+    }
+    write_sql(&env.db, &sql).await;
+}
