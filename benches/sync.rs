@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use roomsync::config::Settings;
-use roomsync::dingtalk::DingTalkClient;
+use roomsync::dingtalk::DingTalkApi;
+use roomsync::metrics::Metrics;
 use roomsync::standin::{settings_for, OrgSpec, StandIn, StandInConfig};
 use roomsync::store::runs::{RunStatus, Trigger};
 use roomsync::sync::{run_once, RunReport, SyncOptions};
@@ -42,9 +43,8 @@ fn reset_peak() -> bool {
 
 /// Fetches and parses every page through the same client, storing nothing. Returns rooms seen.
 async fn baseline(settings: &Settings) -> (usize, u32) {
-    let redactor = roomsync::failure::Redactor::new(&settings.dingtalk.app_secret);
-    let client =
-        DingTalkClient::new(settings.dingtalk.clone(), Arc::new(|_| {}), redactor).unwrap();
+    let api = DingTalkApi::new(settings.dingtalk.clone(), Metrics::new()).unwrap();
+    let client = api.client(Arc::new(|_| {}));
     let (mut rooms, mut pages, mut next) = (0, 0u32, None);
     loop {
         let page = client.room_page(pages, next).await.expect("baseline page");

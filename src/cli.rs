@@ -2,14 +2,16 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::metrics::Metrics;
 use crate::signal::ShutdownSignals;
 use crate::store::runs::{RunStatus, Trigger};
-use crate::sync::{run_once, RunError, RunReport, SyncOptions};
+use crate::sync::{RunError, RunReport, Runner, SyncOptions};
 
 /// Exit codes: a contract for scripts and monitoring.
 pub mod exit {
@@ -249,13 +251,21 @@ async fn status(db: &std::path::Path, max_age: std::time::Duration, runs: u32) -
     }
 }
 
-/// `--sync-now`: one run (lock, open, run, close), its summary, its exit code.
+/// `--sync-now`: one run (lock, open, run, close), its summary, its exit code. A webhook under
+/// way is waited for before the process ends (it never changes the exit code).
 async fn sync_now(settings: &Settings, allow_mass_removal: bool) -> u8 {
     let options = SyncOptions {
         trigger: Trigger::Manual,
         allow_mass_removal,
     };
-    match run_once(settings, options, cancel_on_signal()).await {
+    let runner = match Runner::new(settings.clone(), Metrics::new()) {
+        Ok(runner) => runner,
+        Err(e) => {
+            eprintln!("roomsync: {e}");
+            return exit::FAILED;
+        }
+    };
+    let code = match runner.run_once(options, cancel_on_signal()).await {
         Ok(report) => report_outcome(&report, RunReport::to_string),
         Err(e) => {
             eprintln!("roomsync: {e}");
@@ -264,7 +274,15 @@ async fn sync_now(settings: &Settings, allow_mass_removal: bool) -> u8 {
                 _ => exit::FAILED,
             }
         }
+    };
+    // Four attempts of at most timeout_secs each, and the waits of 1, 2 and 4 s between.
+    if let Some(notify) = &settings.notify {
+        let limit = notify.timeout * 4 + Duration::from_secs(8);
+        if !runner.finish_deliveries(limit).await {
+            tracing::warn!("the webhook delivery did not end in time");
+        }
     }
+    code
 }
 
 /// A token cancelled by the first SIGTERM or SIGINT.

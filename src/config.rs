@@ -5,7 +5,10 @@
 //! secret: syntax errors name the place, not the line, and every message is scrubbed of it.
 
 mod number;
+mod observe;
 mod source;
+
+pub use observe::{MetricsSettings, NotifyOn, NotifySettings};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -67,6 +70,9 @@ pub struct Settings {
     pub sync: SyncSettings,
     pub log: LogSettings,
     pub schedule: ScheduleSettings,
+    pub metrics: MetricsSettings,
+    /// The webhook, when `[notify] webhook_url` is set.
+    pub notify: Option<NotifySettings>,
     /// Found while loading, to be logged once logging is set up (e.g. a secret file that
     /// other users can read).
     pub warnings: Vec<String>,
@@ -230,6 +236,8 @@ struct RawSettings {
     sync: RawSync,
     log: LogSettings,
     schedule: ScheduleSettings,
+    metrics: observe::RawMetrics,
+    notify: observe::RawNotify,
 }
 
 /// Where the settings came from, for the checks that look at files.
@@ -298,6 +306,11 @@ impl Settings {
                 .expect("the built-in defaults are valid"),
             log: raw.log,
             schedule: raw.schedule,
+            metrics: raw
+                .metrics
+                .validate()
+                .expect("the built-in defaults are valid"),
+            notify: None,
             warnings: Vec::new(),
         }
     }
@@ -307,7 +320,7 @@ impl Settings {
 struct Loaded<T> {
     raw: T,
     path: PathBuf,
-    /// The file itself holds `app_secret`.
+    /// The file itself holds a secret (`app_secret`, `notify.secret`).
     holds_secret: bool,
     /// The secrets given in the file or the environment, to scrub from messages.
     secrets: Vec<String>,
@@ -331,11 +344,11 @@ fn load_layers<T: serde::de::DeserializeOwned>(
         return Err(ConfigError::FileNotFound { path, hint });
     }
     let file = source::read(&path)?;
-    let inline_secret = source::inline_secret(&file.table);
-    let env_secret = env
-        .get("ROOMSYNC__DINGTALK__APP_SECRET")
-        .map(String::as_str);
-    let secrets: Vec<&str> = inline_secret.into_iter().chain(env_secret).collect();
+    let inline_secrets = source::inline_secrets(&file.table);
+    let env_secrets = ["ROOMSYNC__DINGTALK__APP_SECRET", "ROOMSYNC__NOTIFY__SECRET"]
+        .iter()
+        .filter_map(|k| env.get(*k).map(String::as_str));
+    let secrets: Vec<&str> = inline_secrets.iter().copied().chain(env_secrets).collect();
     let overrides: config::Map<String, String> = env
         .iter()
         .filter(|(k, _)| k.starts_with("ROOMSYNC__"))
@@ -358,7 +371,7 @@ fn load_layers<T: serde::de::DeserializeOwned>(
     Ok(Loaded {
         raw,
         path,
-        holds_secret: inline_secret.is_some(),
+        holds_secret: !inline_secrets.is_empty(),
         secrets: secrets.into_iter().map(String::from).collect(),
     })
 }
@@ -497,27 +510,34 @@ impl RawSync {
 
 impl RawSettings {
     fn validate(self, origin: &Origin) -> Result<Settings, ConfigError> {
-        let secret_file = self.dingtalk.app_secret_file.clone();
+        let credential = origin
+            .credentials_dir
+            .as_ref()
+            .map(|d| d.join("app_secret"));
+        let secret_files: Vec<PathBuf> = [
+            self.dingtalk.app_secret_file.clone().or(credential),
+            self.notify.secret_file().map(Path::to_path_buf),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         let dingtalk = self.dingtalk.validate(origin)?;
         let sync = self.sync.validate()?;
         validate_database_path(&self.database.path)?;
         validate_log_filter("log.level", &self.log.level)?;
         validate_cron(&self.schedule.cron)?;
-        let credential = origin
-            .credentials_dir
-            .as_ref()
-            .map(|d| d.join("app_secret"));
-        let warnings = source::exposure_warnings(
-            &origin.config,
-            origin.config_holds_secret,
-            secret_file.as_deref().or(credential.as_deref()),
-        );
+        let metrics = self.metrics.validate()?;
+        let notify = self.notify.validate()?;
+        let warnings =
+            source::exposure_warnings(&origin.config, origin.config_holds_secret, &secret_files);
         Ok(Settings {
             dingtalk,
             database: self.database,
             sync,
             log: self.log,
             schedule: self.schedule,
+            metrics,
+            notify,
             warnings,
         })
     }
@@ -656,7 +676,11 @@ fn resolve_secret(
     Ok(secret)
 }
 
-fn read_secret_file(path: &Path, key: &'static str) -> Result<SecretString, ConfigError> {
+/// A secret from a file, one trailing newline trimmed.
+pub(crate) fn read_secret_file(
+    path: &Path,
+    key: &'static str,
+) -> Result<SecretString, ConfigError> {
     let mut text = std::fs::read_to_string(path)
         .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
     // One trailing newline is what editors and `echo` add; anything else is part of the secret.

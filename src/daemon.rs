@@ -1,9 +1,11 @@
 //! Daemon mode: the cron schedule, no overlapping runs, systemd notification, graceful shutdown.
 //!
-//! Every tick starts a run the same way as `--sync-now` ([`run_on`], on the store the daemon
-//! keeps open). A tick that finds a run in progress,
-//! in this process or another (an operator's `--sync-now` holding the lock), is skipped: not
-//! queued and not recorded. A failed run is simply tried again at the next tick.
+//! Every tick starts a run the same way as `--sync-now` ([`Runner::run_on`], on the store the
+//! daemon keeps open, with the runner it keeps: its runs share the access token and the
+//! metrics). A tick that finds a run in progress, in this process or another (an operator's
+//! `--sync-now` holding the lock), is skipped: not queued and not recorded. A failed run is
+//! simply tried again at the next tick. With `[metrics] listen`, the daemon serves the metrics
+//! and the health endpoint.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,10 +19,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 use crate::lock::SyncLock;
+use crate::metrics::Metrics;
 use crate::signal::ShutdownSignals;
 use crate::store::runs::Trigger;
 use crate::store::Store;
-use crate::sync::{run_on, RunError, SyncOptions};
+use crate::sync::{RunError, Runner, SyncOptions};
 
 /// How long shutdown waits for a run in progress. Interrupting a fetch takes milliseconds;
 /// this leaves an apply under way time to finish inside systemd's patience and the
@@ -30,6 +33,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(4500);
 /// What every tick needs.
 struct Daemon {
     settings: Settings,
+    runner: Runner,
     store: Store,
     /// Set while this process runs a sync; ticks that find it set are skipped.
     busy: AtomicBool,
@@ -42,6 +46,7 @@ struct Daemon {
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut signals = ShutdownSignals::register().context("handling SIGTERM and SIGINT")?;
     let daemon = Arc::new(Daemon::open(settings).await?);
+    let listener = daemon.serve_metrics().await?;
     let mut scheduler = daemon.schedule().await?;
     let next = next_tick(&mut scheduler).await;
     tracing::info!(
@@ -62,13 +67,17 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(signal, "shutting down");
     notify(&[NotifyState::Stopping, NotifyState::Status("shutting down")]);
     daemon.stop(scheduler).await;
+    if let Some(listener) = listener {
+        let _ = listener.await;
+    }
     tracing::info!("roomsync daemon stopped");
     Ok(())
 }
 
 impl Daemon {
-    /// Opens the database and checks the lock file can be created.
+    /// Opens the database and checks the lock file can be created; sets up the runner.
     async fn open(settings: Settings) -> anyhow::Result<Daemon> {
+        let runner = Runner::new(settings.clone(), Metrics::new())?;
         let db = settings.database.path.clone();
         let store = Store::open(&db).await?;
         // Refuse now, before READY=1, a database every run would fail to write.
@@ -80,13 +89,33 @@ impl Daemon {
                 crate::lock::lock_path(&db).display()
             )
         })?);
+        runner.read_mirror_gauges(&store).await;
         Ok(Daemon {
             settings,
+            runner,
             store,
             busy: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
             runs: TaskTracker::new(),
         })
+    }
+
+    /// With `[metrics] listen`: the metrics listener, bound now so that a bad address stops
+    /// the start; it ends with the shutdown.
+    async fn serve_metrics(&self) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+        let Some(listen) = self.settings.metrics.listen else {
+            return Ok(None);
+        };
+        let served = crate::metrics::serve(
+            listen,
+            self.runner.metrics().clone(),
+            self.settings.metrics.healthy_max_age,
+            self.shutdown.clone(),
+        )
+        .await
+        .with_context(|| format!("metrics.listen: cannot listen on {listen}"))?;
+        tracing::info!(%listen, "serving /metrics and /healthz");
+        Ok(Some(served))
     }
 
     /// The scheduler with the sync job and, when systemd asks for it, the watchdog ping.
@@ -165,7 +194,10 @@ impl Daemon {
             trigger,
             allow_mass_removal: false,
         };
-        match run_on(&self.store, &self.settings, options, self.shutdown.clone()).await {
+        let run = self
+            .runner
+            .run_on(&self.store, options, self.shutdown.clone());
+        match run.await {
             Ok(report) => notify(&[NotifyState::Status(&format!("last run: {report}"))]),
             Err(RunError::Locked { .. }) => {
                 tracing::info!(

@@ -6,9 +6,9 @@
 //! - [`daemon`] (the schedule), [`status`] (`roomsync status`), [`demo`] (`--demo`);
 //! - [`sync`] (one run: fetch, ledger, apply), [`standin`] (a stand-in DingTalk API);
 //! - [`store`] (the database: opening, migrations, runs, staging, the apply), [`dingtalk`]
-//!   (the API client and its data);
+//!   (the API client and its data), [`notify`] (the webhook);
 //! - [`config`] (settings), [`lock`] (one run at a time), [`failure`] (a run's errors),
-//!   [`telemetry`] (logging), [`signal`] (SIGTERM and SIGINT).
+//!   [`telemetry`] (logging), [`signal`] (SIGTERM and SIGINT), [`metrics`] (Prometheus).
 
 pub mod cli;
 pub mod config;
@@ -18,6 +18,8 @@ pub mod dingtalk;
 pub mod failure;
 pub mod lock;
 pub mod manual;
+pub mod metrics;
+pub mod notify;
 pub mod signal;
 pub mod standin;
 pub mod status;

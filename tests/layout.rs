@@ -11,8 +11,15 @@ const LAYERS: &[&[&str]] = &[
     &["cli", "manual"],
     &["daemon", "status", "demo"],
     &["sync", "standin"],
-    &["store", "dingtalk"],
-    &["config", "lock", "failure", "telemetry", "signal"],
+    &["store", "dingtalk", "notify"],
+    &[
+        "config",
+        "lock",
+        "failure",
+        "telemetry",
+        "signal",
+        "metrics",
+    ],
 ];
 
 /// The longest function allowed, from its `fn` line to its closing brace.

@@ -8,10 +8,11 @@
 use std::path::Path;
 
 use roomsync::config::Settings;
+use roomsync::metrics::Metrics;
 use roomsync::standin::{settings_for, OrgSpec, StandIn, StandInConfig};
 use roomsync::store::runs::Trigger;
 use roomsync::store::{open_read_only, Store};
-use roomsync::sync::{run_on, SyncOptions};
+use roomsync::sync::{Runner, SyncOptions};
 use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 
@@ -20,7 +21,9 @@ async fn sync(store: &Store, settings: &Settings) -> roomsync::sync::RunReport {
         trigger: Trigger::Manual,
         allow_mass_removal: false,
     };
-    let report = run_on(store, settings, options, CancellationToken::new())
+    let runner = Runner::new(settings.clone(), Metrics::new()).unwrap();
+    let report = runner
+        .run_on(store, options, CancellationToken::new())
         .await
         .unwrap();
     assert_eq!(report.status.as_str(), "succeeded", "{report}");

@@ -102,30 +102,33 @@ fn key_of_line(text: &str, line_start: usize) -> Option<String> {
     })
 }
 
-/// The app secret written in the file itself, if any.
-pub(super) fn inline_secret(table: &toml::Table) -> Option<&str> {
-    table.get("dingtalk")?.get("app_secret")?.as_str()
+/// The secrets written in the file itself: the app secret, the webhook's key.
+pub(super) fn inline_secrets(table: &toml::Table) -> Vec<&str> {
+    [("dingtalk", "app_secret"), ("notify", "secret")]
+        .iter()
+        .filter_map(|(section, key)| table.get(*section)?.get(*key)?.as_str())
+        .collect()
 }
 
-/// A warning for each file holding the app secret that other users may read.
+/// A warning for each file holding a secret that other users may read.
 pub(super) fn exposure_warnings(
     config: &Path,
     config_holds_secret: bool,
-    secret_file: Option<&Path>,
+    secret_files: &[std::path::PathBuf],
 ) -> Vec<String> {
     let readable_by_others =
         |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o004 != 0);
     let mut warnings = Vec::new();
     if config_holds_secret && readable_by_others(config) {
         warnings.push(format!(
-            "the configuration file {} holds dingtalk.app_secret and other users can read it; \
-             run `chmod o-r {}`, or move the secret to a root-only file given with \
-             app_secret_file or systemd's LoadCredential=",
+            "the configuration file {} holds a secret (dingtalk.app_secret or notify.secret) and \
+             other users can read it; run `chmod o-r {}`, or move the secret to a root-only file \
+             (app_secret_file or systemd's LoadCredential=, notify.secret_file)",
             config.display(),
             config.display()
         ));
     }
-    if let Some(file) = secret_file.filter(|f| readable_by_others(f)) {
+    for file in secret_files.iter().filter(|f| readable_by_others(f)) {
         warnings.push(format!(
             "the secret file {} can be read by other users; run `chmod o-r {}` (0600 or 0400)",
             file.display(),

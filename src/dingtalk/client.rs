@@ -3,6 +3,7 @@
 //! Every failed attempt is handed to the [`Observer`] (the sync run records it in `sync_errors`)
 //! before the client decides whether to try again; the final failure is also returned.
 
+use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use tokio::sync::Mutex;
 use super::model::{parse_json, GroupListResponse, RoomListPage, TokenResponse};
 use crate::config::DingTalkSettings;
 use crate::failure::{codes, Failure, Redactor, Stage};
+use crate::metrics::{HttpOutcome, Metrics};
 
 /// Receives every failed attempt, retried or not, as it happens.
 pub type Observer = Arc<dyn Fn(Failure) + Send + Sync>;
@@ -31,16 +33,32 @@ const DEFAULT_TOKEN_LIFETIME: i64 = 7200;
 /// The token lifetimes believed, in seconds: an `expireIn` outside is clamped into it.
 const TOKEN_LIFETIME: std::ops::RangeInclusive<i64> = 60..=86_400;
 
-/// The DingTalk API as one run sees it: requests within the rate limit, retried as DingTalk
-/// asks, with a cached access token.
-pub struct DingTalkClient {
+/// The request paths, as counted per endpoint (metrics, the monthly API budget).
+pub mod endpoints {
+    pub const TOKEN: &str = "/v1.0/oauth2/accessToken";
+    pub const ROOM_LIST: &str = "/v1.0/rooms/meetingRoomLists";
+    pub const GROUP_LIST: &str = "/v1.0/rooms/groupLists";
+}
+
+/// What the process keeps of the DingTalk API across runs: the connection pool, the rate
+/// limit, the access token (reused while valid), the secrets to redact and the metrics.
+pub struct DingTalkApi {
     http: reqwest::Client,
     cfg: DingTalkSettings,
     limiter: DefaultDirectRateLimiter,
     token: Mutex<Option<CachedToken>>,
     /// Knows the secret and every token issued, so no upstream text carries them on.
     redactor: Redactor,
+    metrics: Metrics,
+}
+
+/// The DingTalk API as one run sees it: requests within the rate limit, retried as DingTalk
+/// asks, each failed attempt reported to the run's observer, each request counted.
+pub struct DingTalkClient {
+    api: Arc<DingTalkApi>,
     observer: Observer,
+    /// Requests this client sent, by endpoint path, whatever their outcome.
+    calls: std::sync::Mutex<BTreeMap<&'static str, u64>>,
 }
 
 struct CachedToken {
@@ -82,13 +100,9 @@ struct Attempts {
     reauthed: bool,
 }
 
-impl DingTalkClient {
-    /// A client for one run; `redactor` learns every token the client is issued.
-    pub fn new(
-        cfg: DingTalkSettings,
-        observer: Observer,
-        redactor: Redactor,
-    ) -> Result<Self, reqwest::Error> {
+impl DingTalkApi {
+    /// The API for the process; its token and rate limit are shared by every run.
+    pub fn new(cfg: DingTalkSettings, metrics: Metrics) -> Result<Arc<Self>, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
@@ -103,19 +117,46 @@ impl DingTalkClient {
         let quota = Quota::with_period(period)
             .expect("period is positive")
             .allow_burst(NonZeroU32::MIN);
-        Ok(DingTalkClient {
+        let redactor = Redactor::new(&cfg.app_secret);
+        Ok(Arc::new(DingTalkApi {
             http,
             cfg,
             limiter: RateLimiter::direct(quota),
             token: Mutex::new(None),
             redactor,
-            observer,
-        })
+            metrics,
+        }))
     }
 
-    /// The settings the client works with.
+    /// The settings the API works with.
     pub fn settings(&self) -> &DingTalkSettings {
         &self.cfg
+    }
+
+    /// The redactor that knows the secret and every token this API was issued.
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
+    /// A client for one run, reporting its failed attempts to `observer`.
+    pub fn client(self: &Arc<Self>, observer: Observer) -> DingTalkClient {
+        DingTalkClient {
+            api: self.clone(),
+            observer,
+            calls: std::sync::Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+impl DingTalkClient {
+    /// The settings the client works with.
+    pub fn settings(&self) -> &DingTalkSettings {
+        &self.api.cfg
+    }
+
+    /// The requests sent so far, by endpoint path, whatever their outcome.
+    pub fn calls(&self) -> BTreeMap<&'static str, u64> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// One page of the room list; `page` is the 0-based page number for error records.
@@ -125,34 +166,35 @@ impl DingTalkClient {
         page: u32,
         next_token: Option<i64>,
     ) -> Result<RoomListPage, Failure> {
-        let mut url = self.endpoint("v1.0/rooms/meetingRoomLists");
+        let mut url = self.endpoint(endpoints::ROOM_LIST);
         {
             let mut q = url.query_pairs_mut();
-            q.append_pair("maxResults", &self.cfg.page_size.to_string());
-            q.append_pair("unionId", &self.cfg.union_id);
+            q.append_pair("maxResults", &self.api.cfg.page_size.to_string());
+            q.append_pair("unionId", &self.api.cfg.union_id);
             if let Some(t) = next_token {
                 q.append_pair("nextToken", &t.to_string());
             }
         }
-        self.get_json(url, Some(page)).await
+        self.get_json(endpoints::ROOM_LIST, url, Some(page)).await
     }
 
     /// Every room group of the organisation (`groupLists`, not paginated).
     #[tracing::instrument(skip_all)]
     pub async fn group_list(&self) -> Result<GroupListResponse, Failure> {
-        let mut url = self.endpoint("v1.0/rooms/groupLists");
+        let mut url = self.endpoint(endpoints::GROUP_LIST);
         url.query_pairs_mut()
-            .append_pair("unionId", &self.cfg.union_id);
-        self.get_json(url, None).await
+            .append_pair("unionId", &self.api.cfg.union_id);
+        self.get_json(endpoints::GROUP_LIST, url, None).await
     }
 
     fn endpoint(&self, path: &str) -> Url {
-        let base = self.cfg.base_url.as_str().trim_end_matches('/');
-        Url::parse(&format!("{base}/{path}")).expect("base_url was validated as a URL")
+        let base = self.api.cfg.base_url.as_str().trim_end_matches('/');
+        Url::parse(&format!("{base}{path}")).expect("base_url was validated as a URL")
     }
 
     async fn get_json<T: DeserializeOwned>(
         &self,
+        endpoint: &'static str,
         url: Url,
         page: Option<u32>,
     ) -> Result<T, Failure> {
@@ -164,15 +206,21 @@ impl DingTalkClient {
             let token = self.access_token().await?;
             let result = match token_header(&token) {
                 Ok(header) => {
-                    let request = self.http.get(url.clone()).header(TOKEN_HEADER, header);
-                    self.attempt(request, Stage::Fetch).await.and_then(|body| {
-                        parse_json::<T>(&body).map_err(|e| {
-                            AttemptError::new(
-                                Verdict::Fatal,
-                                Failure::new(Stage::Validate, codes::BAD_RESPONSE, e.to_string()),
-                            )
+                    let request = self.api.http.get(url.clone()).header(TOKEN_HEADER, header);
+                    self.attempt(endpoint, request, Stage::Fetch)
+                        .await
+                        .and_then(|body| {
+                            parse_json::<T>(&body).map_err(|e| {
+                                AttemptError::new(
+                                    Verdict::Fatal,
+                                    Failure::new(
+                                        Stage::Validate,
+                                        codes::BAD_RESPONSE,
+                                        e.to_string(),
+                                    ),
+                                )
+                            })
                         })
-                    })
                 }
                 Err(e) => Err(e),
             };
@@ -191,7 +239,7 @@ impl DingTalkClient {
 
     /// The cached token, or a new one when there is none or it is about to expire.
     async fn access_token(&self) -> Result<SecretString, Failure> {
-        let mut cached = self.token.lock().await;
+        let mut cached = self.api.token.lock().await;
         if let Some(t) = cached.as_ref().filter(|t| Instant::now() < t.refresh_at) {
             return Ok(t.value.clone());
         }
@@ -205,7 +253,7 @@ impl DingTalkClient {
                 Err(e) => self.after_failure(&mut attempts, e).await?,
             }
         };
-        self.redactor.add(&value);
+        self.api.redactor.add(&value);
         *cached = Some(CachedToken {
             value: value.clone(),
             refresh_at: Instant::now() + renew_after(lifetime),
@@ -215,7 +263,7 @@ impl DingTalkClient {
     }
 
     async fn forget_token(&self, refused: &SecretString) {
-        let mut cached = self.token.lock().await;
+        let mut cached = self.api.token.lock().await;
         if cached
             .as_ref()
             .is_some_and(|t| t.value.expose_secret() == refused.expose_secret())
@@ -232,20 +280,24 @@ impl DingTalkClient {
             app_secret: &'a str,
         }
         let body = TokenRequest {
-            app_key: &self.cfg.app_key,
-            app_secret: self.cfg.app_secret.expose_secret(),
+            app_key: &self.api.cfg.app_key,
+            app_secret: self.api.cfg.app_secret.expose_secret(),
         };
         let request = self
+            .api
             .http
-            .post(self.endpoint("v1.0/oauth2/accessToken"))
+            .post(self.endpoint(endpoints::TOKEN))
             .json(&body);
-        let bytes = self.attempt(request, Stage::Auth).await.map_err(|mut e| {
-            // A refused token request is never cured by asking again for a token.
-            if e.verdict == Verdict::Reauth {
-                e.verdict = Verdict::Fatal;
-            }
-            e
-        })?;
+        let bytes = self
+            .attempt(endpoints::TOKEN, request, Stage::Auth)
+            .await
+            .map_err(|mut e| {
+                // A refused token request is never cured by asking again for a token.
+                if e.verdict == Verdict::Reauth {
+                    e.verdict = Verdict::Fatal;
+                }
+                e
+            })?;
         // Say which field is wrong but never echo values: they may hold the token.
         let bad = |what: &str| {
             AttemptError::new(
@@ -275,16 +327,38 @@ impl DingTalkClient {
         Ok((SecretString::from(token), lifetime))
     }
 
-    /// Sends one request within the rate limit and returns the body of a successful answer.
-    async fn attempt(&self, request: RequestBuilder, stage: Stage) -> Result<Bytes, AttemptError> {
-        self.limiter.until_ready().await;
+    /// Sends one request within the rate limit and returns the body of a successful answer;
+    /// counts it, whatever its outcome.
+    async fn attempt(
+        &self,
+        endpoint: &'static str,
+        request: RequestBuilder,
+        stage: Stage,
+    ) -> Result<Bytes, AttemptError> {
+        self.api.limiter.until_ready().await;
+        let result = self.send(request, stage).await;
+        *self
+            .calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(endpoint)
+            .or_default() += 1;
+        let outcome = match &result {
+            Ok(_) => HttpOutcome::Ok,
+            Err(e) => outcome_of(&e.failure),
+        };
+        self.api.metrics.http_request(endpoint, outcome);
+        result
+    }
+
+    async fn send(&self, request: RequestBuilder, stage: Stage) -> Result<Bytes, AttemptError> {
         let response = request.send().await.map_err(|e| network_error(stage, &e))?;
         let status = response.status();
         let header_request_id = request_id_header(response.headers());
         if status.is_redirection() {
             return Err(redirect_error(stage, &response));
         }
-        let body = read_body(response, self.cfg.max_response_bytes, stage).await?;
+        let body = read_body(response, self.api.cfg.max_response_bytes, stage).await?;
         if !status.is_success() {
             return Err(error_response(stage, status, header_request_id, &body));
         }
@@ -318,13 +392,14 @@ impl DingTalkClient {
             Verdict::Reauth | Verdict::Fatal => None,
             Verdict::Retry => {
                 attempts.made += 1;
-                (attempts.made < self.cfg.max_attempts).then(|| self.backoff(attempts.made))
+                (attempts.made < self.api.cfg.max_attempts).then(|| self.backoff(attempts.made))
             }
         };
         failure.retried = delay.is_some();
-        let failure = self.redactor.failure(failure);
+        let failure = self.api.redactor.failure(failure);
         match delay {
             Some(delay) => {
+                self.api.metrics.retry();
                 tracing::warn!(error = %failure, retry_in_ms = delay.as_millis() as u64, "request failed, retrying");
                 (self.observer)(failure);
                 tokio::time::sleep(delay).await;
@@ -341,6 +416,7 @@ impl DingTalkClient {
     /// together do not come back together.
     fn backoff(&self, failed_attempts: u32) -> Duration {
         let exp = self
+            .api
             .cfg
             .retry_base_delay
             .saturating_mul(1u32 << (failed_attempts - 1).min(16));
@@ -370,6 +446,26 @@ fn token_header(token: &SecretString) -> Result<HeaderValue, AttemptError> {
     // Marked sensitive so that HTTP-level debug output never shows it.
     value.set_sensitive(true);
     Ok(value)
+}
+
+/// How a failed attempt counts in `roomsync_http_requests_total`.
+fn outcome_of(failure: &Failure) -> HttpOutcome {
+    let code = failure.code.as_deref().unwrap_or("");
+    let status = failure.http_status.unwrap_or(0);
+    match code {
+        codes::TIMEOUT => HttpOutcome::Timeout,
+        codes::CONNECTION => HttpOutcome::Network,
+        codes::REDIRECT => HttpOutcome::Http3xx,
+        codes::TOO_LARGE => HttpOutcome::TooLarge,
+        codes::IP_THROTTLED => HttpOutcome::Throttled,
+        _ if status == 429 || (status == 403 && code.contains("QpsLimit")) => {
+            HttpOutcome::Throttled
+        }
+        _ if (400..500).contains(&status) => HttpOutcome::Http4xx,
+        _ if status >= 500 => HttpOutcome::Http5xx,
+        // A 2xx whose body was not the JSON expected: the request itself went through.
+        _ => HttpOutcome::Ok,
+    }
 }
 
 /// A 3xx answer: never followed. The message names the status and the target's host, not its

@@ -3,5 +3,5 @@
 pub mod client;
 pub mod model;
 
-pub use client::{DingTalkClient, Observer};
+pub use client::{endpoints, DingTalkApi, DingTalkClient, Observer};
 pub use model::{Group, Label, Room, RoomListPage};

@@ -58,6 +58,8 @@ pub struct ApplyCounts {
     pub added: u64,
     pub updated: u64,
     pub removed: u64,
+    /// Of `added`, the rooms that had been removed and came back.
+    pub restored: u64,
 }
 
 /// How an apply ended; an error rolls everything back instead.
@@ -108,6 +110,7 @@ pub async fn apply(staging: &mut Staging, req: &ApplyRequest<'_>) -> sqlx::Resul
         added: settled.added,
         updated: settled.updated,
         removed,
+        restored: settled.restored,
     };
     steps
         .time("run row", finish_run(&mut tx, req, &counts))
@@ -175,17 +178,20 @@ async fn removal_guard(
     )
 }
 
-/// Rooms added (new or back) and updated, once the staged changes are settled.
+/// Rooms added (new or back), of them restored, and updated, once the staged changes are
+/// settled.
 struct Settled {
     added: u64,
+    restored: u64,
     updated: u64,
 }
 
 /// Settles every staged room's change (see [`settle_candidates`]) and counts the results.
 async fn settle_changes(conn: &mut SqliteConnection) -> sqlx::Result<Settled> {
     settle_candidates(conn).await?;
-    let (added, updated): (i64, i64) = sqlx::query_as(
-        "SELECT COALESCE(SUM(change IN (?1, ?2)), 0), COALESCE(SUM(change = ?3), 0)
+    let (added, restored, updated): (i64, i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(SUM(change IN (?1, ?2)), 0), COALESCE(SUM(change = ?2), 0),
+                COALESCE(SUM(change = ?3), 0)
          FROM temp.stage_rooms",
     )
     .bind(StagedChange::Added.as_str())
@@ -195,6 +201,7 @@ async fn settle_changes(conn: &mut SqliteConnection) -> sqlx::Result<Settled> {
     .await?;
     Ok(Settled {
         added: added as u64,
+        restored: restored as u64,
         updated: updated as u64,
     })
 }

@@ -4,6 +4,7 @@
 use sqlx::{SqliteConnection, SqlitePool};
 
 use crate::failure::Failure;
+use crate::metrics::MirrorGauges;
 
 /// What started a run (`sync_runs.trigger`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,4 +184,61 @@ pub async fn insert_error(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// What the metrics show of the mirror: the last run's and the last success's finish, and the
+/// rooms, active and removed.
+pub async fn mirror_gauges(pool: &SqlitePool) -> sqlx::Result<MirrorGauges> {
+    let (last_run, last_success, active, removed): (Option<String>, Option<String>, i64, i64) =
+        sqlx::query_as(
+            "SELECT (SELECT finished_at FROM sync_runs WHERE finished_at IS NOT NULL
+                     ORDER BY run_id DESC LIMIT 1),
+                    (SELECT finished_at FROM sync_runs WHERE status = 'succeeded'
+                     ORDER BY run_id DESC LIMIT 1),
+                    (SELECT COUNT(*) FROM rooms WHERE removed_at IS NULL),
+                    (SELECT COUNT(*) FROM rooms WHERE removed_at IS NOT NULL)",
+        )
+        .fetch_one(pool)
+        .await?;
+    let time = |t: Option<String>| t.and_then(|t| humantime::parse_rfc3339(&t).ok());
+    Ok(MirrorGauges {
+        last_run: time(last_run),
+        last_success: time(last_success),
+        active_rooms: active,
+        removed_rooms: removed,
+    })
+}
+
+/// A run as recorded, for its webhook: when it started and finished, its range in the change
+/// feed.
+#[derive(Debug, Default)]
+pub struct RunFacts {
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub first_change_id: Option<i64>,
+    pub last_change_id: Option<i64>,
+}
+
+/// Reads [`RunFacts`] of run `run_id`.
+pub async fn run_facts(pool: &SqlitePool, run_id: i64) -> sqlx::Result<RunFacts> {
+    let (started_at, finished_at, first, last): (
+        Option<String>,
+        Option<String>,
+        Option<i64>,
+        Option<i64>,
+    ) = sqlx::query_as(
+        "SELECT (SELECT started_at FROM sync_runs WHERE run_id = ?1),
+                    (SELECT finished_at FROM sync_runs WHERE run_id = ?1),
+                    (SELECT MIN(change_id) FROM room_changes WHERE run_id = ?1),
+                    (SELECT MAX(change_id) FROM room_changes WHERE run_id = ?1)",
+    )
+    .bind(run_id)
+    .fetch_one(pool)
+    .await?;
+    Ok(RunFacts {
+        started_at,
+        finished_at,
+        first_change_id: first,
+        last_change_id: last,
+    })
 }

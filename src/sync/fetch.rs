@@ -49,12 +49,7 @@ pub(super) async fn fetch_and_apply(
     progress: &mut FetchProgress,
 ) -> Result<ApplyCounts, NotApplied> {
     let failures = &run.failures;
-    let client = DingTalkClient::new(
-        run.settings.dingtalk.clone(),
-        failures.observer(),
-        failures.redactor.clone(),
-    )
-    .map_err(|e| failures.fail(Failure::new(Stage::Fetch, codes::CONNECTION, e.to_string())))?;
+    let client = run.runner.api().client(failures.observer());
     let conn = run
         .pool
         .acquire()
@@ -477,9 +472,9 @@ async fn apply_listing(
         run_id: run.run_id,
         pages_fetched: progress.pages,
         rooms_seen: tally.rooms_seen,
-        max_removal_ratio: run.settings.sync.max_removal_ratio,
+        max_removal_ratio: run.runner.settings().sync.max_removal_ratio,
         allow_mass_removal: run.options.allow_mass_removal,
-        keep_changes_days: run.settings.sync.keep_changes_days,
+        keep_changes_days: run.runner.settings().sync.keep_changes_days,
         warnings: &progress.warnings.rows,
         warning_count: progress.warnings.count,
     };

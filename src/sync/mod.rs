@@ -12,6 +12,9 @@
 
 mod fetch;
 mod ledger;
+mod runner;
+
+pub use runner::{run_once, Runner};
 
 use std::fmt;
 use std::panic::AssertUnwindSafe;
@@ -26,11 +29,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::Settings;
 use crate::dingtalk::model::SkippedPart;
 use crate::dingtalk::Observer;
-use crate::failure::{codes, Failure, Redactor, Stage};
-use crate::lock::{lock_path, SyncLock};
+use crate::failure::{codes, Failure, Redactor, Severity, Stage};
+use crate::lock::SyncLock;
+use crate::metrics::Metrics;
 use crate::store::apply::ApplyCounts;
 use crate::store::runs::{self, RunStatus, Trigger};
 use crate::store::{Store, StoreError};
@@ -47,6 +50,7 @@ pub struct SyncOptions {
 #[derive(Debug, Clone)]
 pub struct RunReport {
     pub run_id: i64,
+    pub trigger: Trigger,
     pub status: RunStatus,
     pub pages_fetched: u32,
     pub rooms_seen: Option<u64>,
@@ -74,6 +78,9 @@ pub enum RunError {
     },
     #[error(transparent)]
     Open(#[from] StoreError),
+    /// The HTTP client could not be set up (its TLS backend, say).
+    #[error("cannot set up the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
     /// The run could not even be recorded (the database refused the run row); no run id
     /// was given out.
     #[error("run not recorded: the database {path} refused the run record: {source}")]
@@ -122,47 +129,6 @@ impl fmt::Display for RunReport {
     }
 }
 
-/// One run as a one-shot process does it: take the sync lock (without waiting), open the
-/// database, run, close. Nothing is touched when the lock is held elsewhere.
-pub async fn run_once(
-    settings: &Settings,
-    options: SyncOptions,
-    shutdown: CancellationToken,
-) -> Result<RunReport, RunError> {
-    let db = &settings.database.path;
-    let lock = take_lock(settings)?;
-    let store = Store::open(db).await?;
-    let report = run_sync(&store, settings, options, &lock, shutdown).await;
-    store.close().await;
-    report
-}
-
-/// One run on a database kept open (the daemon's): take the sync lock (without waiting), run.
-pub async fn run_on(
-    store: &Store,
-    settings: &Settings,
-    options: SyncOptions,
-    shutdown: CancellationToken,
-) -> Result<RunReport, RunError> {
-    let lock = take_lock(settings)?;
-    run_sync(store, settings, options, &lock, shutdown).await
-}
-
-fn take_lock(settings: &Settings) -> Result<SyncLock, RunError> {
-    let db = &settings.database.path;
-    match SyncLock::try_acquire(db) {
-        Ok(Some(lock)) => Ok(lock),
-        Ok(None) => Err(RunError::Locked {
-            database: db.clone(),
-            lock: lock_path(db),
-        }),
-        Err(source) => Err(RunError::Lock {
-            lock: lock_path(db),
-            source,
-        }),
-    }
-}
-
 /// Why a run ended without applying.
 enum NotApplied {
     Failed(Failure),
@@ -172,10 +138,10 @@ enum NotApplied {
 /// Runs one sync. The caller holds the sync lock for the database (`_lock` is the proof).
 /// `shutdown` interrupts the fetch; an apply under way is left to complete or roll back whole.
 async fn run_sync(
+    runner: &Runner,
     store: &Store,
-    settings: &Settings,
-    options: SyncOptions,
     _lock: &SyncLock,
+    options: SyncOptions,
     shutdown: CancellationToken,
 ) -> Result<RunReport, RunError> {
     let started = Instant::now();
@@ -196,12 +162,13 @@ async fn run_sync(
         .map_err(record_err)?;
     let span = tracing::info_span!("sync_run", run_id, trigger = options.trigger.as_str());
     // The recorder task carries the run's span, as every task of the run does.
-    let redactor = Redactor::new(&settings.dingtalk.app_secret);
-    let (failures, recorder) =
-        span.in_scope(|| FailureLog::start(pool.clone(), run_id, redactor.clone()));
+    let redactor = runner.api().redactor().clone();
+    let metrics = runner.metrics().clone();
+    let (failures, recorder) = span
+        .in_scope(|| FailureLog::start(pool.clone(), run_id, redactor.clone(), metrics.clone()));
     let run = Run {
         pool: pool.clone(),
-        settings,
+        runner,
         options,
         run_id,
         shutdown,
@@ -224,7 +191,8 @@ async fn run_sync(
                     panic_message(panic.as_ref())
                 ),
             ));
-            let report = record_panic(pool, run_id, failure, started);
+            metrics.sync_error(codes::PANIC);
+            let report = record_panic(pool, run_id, options.trigger, failure, started);
             report.instrument(span.clone()).await
         }
     };
@@ -244,6 +212,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
 async fn record_panic(
     pool: &SqlitePool,
     run_id: i64,
+    trigger: Trigger,
     failure: Failure,
     started: Instant,
 ) -> RunReport {
@@ -261,6 +230,7 @@ async fn record_panic(
     }
     RunReport {
         run_id,
+        trigger,
         status: RunStatus::Failed,
         pages_fetched: 0,
         rooms_seen: None,
@@ -275,7 +245,7 @@ async fn record_panic(
 /// One recorded run: what its fetch and apply work with.
 struct Run<'a> {
     pool: SqlitePool,
-    settings: &'a Settings,
+    runner: &'a Runner,
     options: SyncOptions,
     run_id: i64,
     shutdown: CancellationToken,
@@ -293,6 +263,7 @@ impl Run<'_> {
             pool,
             run_id,
             failures,
+            options,
             ..
         } = self;
         drop(failures);
@@ -333,6 +304,7 @@ impl Run<'_> {
         }
         RunReport {
             run_id,
+            trigger: options.trigger,
             status,
             pages_fetched: progress.pages,
             rooms_seen: counts.map(|c| c.seen).or(progress.rooms_seen),
@@ -388,6 +360,13 @@ struct FailureLog {
     redactor: Redactor,
 }
 
+/// How many of each error code a run recorded, for the metrics.
+fn count_error(metrics: &Metrics, failure: &Failure) {
+    if failure.severity == Severity::Error {
+        metrics.sync_error(failure.code.as_deref().unwrap_or("none"));
+    }
+}
+
 impl FailureLog {
     /// Starts the recorder task of run `run_id`, in the current span. Every failure is
     /// redacted before it is recorded; the task hands back those it could not write.
@@ -395,11 +374,13 @@ impl FailureLog {
         pool: SqlitePool,
         run_id: i64,
         redactor: Redactor,
+        metrics: Metrics,
     ) -> (FailureLog, JoinHandle<Vec<Failure>>) {
         let (errors_tx, errors_rx) = mpsc::unbounded_channel::<Failure>();
         let recorder = tokio::spawn(record_errors(pool, run_id, errors_rx).in_current_span());
         let scrub = redactor.clone();
         let record: Observer = Arc::new(move |f: Failure| {
+            count_error(&metrics, &f);
             let _ = errors_tx.send(scrub.failure(f));
         });
         let log = FailureLog { record, redactor };
