@@ -6,6 +6,7 @@
 
 mod number;
 mod observe;
+mod quota;
 mod source;
 
 pub use observe::{MetricsSettings, NotifyOn, NotifySettings};
@@ -73,6 +74,8 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     /// The webhook, when `[notify] webhook_url` is set.
     pub notify: Option<NotifySettings>,
+    /// DingTalk's monthly API quota: how much of it roomsync may spend.
+    pub budget: crate::budget::Budget,
     /// Found while loading, to be logged once logging is set up (e.g. a secret file that
     /// other users can read).
     pub warnings: Vec<String>,
@@ -238,6 +241,7 @@ struct RawSettings {
     schedule: ScheduleSettings,
     metrics: observe::RawMetrics,
     notify: observe::RawNotify,
+    budget: quota::RawBudget,
 }
 
 /// Where the settings came from, for the checks that look at files.
@@ -311,6 +315,10 @@ impl Settings {
                 .validate()
                 .expect("the built-in defaults are valid"),
             notify: None,
+            budget: raw
+                .budget
+                .validate()
+                .expect("the built-in defaults are valid"),
             warnings: Vec::new(),
         }
     }
@@ -528,6 +536,7 @@ impl RawSettings {
         validate_cron(&self.schedule.cron)?;
         let metrics = self.metrics.validate()?;
         let notify = self.notify.validate()?;
+        let budget = self.budget.validate()?;
         let warnings =
             source::exposure_warnings(&origin.config, origin.config_holds_secret, &secret_files);
         Ok(Settings {
@@ -538,6 +547,7 @@ impl RawSettings {
             schedule: self.schedule,
             metrics,
             notify,
+            budget,
             warnings,
         })
     }

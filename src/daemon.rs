@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::signal::ShutdownSignals;
 use crate::store::runs::Trigger;
 use crate::store::Store;
-use crate::sync::{RunError, Runner, SyncOptions};
+use crate::sync::{HeldBack, RunError, Runner, SyncOptions};
 
 /// How long shutdown waits for a run in progress. Interrupting a fetch takes milliseconds;
 /// this leaves an apply under way time to finish inside systemd's patience and the
@@ -90,6 +90,8 @@ impl Daemon {
             )
         })?);
         runner.read_mirror_gauges(&store).await;
+        // The budget for `roomsync status`, and whether DingTalk said the quota is spent.
+        runner.record_budget(&store).await;
         Ok(Daemon {
             settings,
             runner,
@@ -190,6 +192,9 @@ impl Daemon {
     /// One run, unless another process holds the sync lock; its summary becomes the status
     /// systemd shows.
     async fn run_locked(&self, trigger: Trigger) {
+        if self.held_back(trigger).await {
+            return;
+        }
         let options = SyncOptions {
             trigger,
             allow_mass_removal: false,
@@ -215,6 +220,27 @@ impl Daemon {
                 ))]);
             }
         }
+    }
+}
+
+impl Daemon {
+    /// Whether the API budget holds this tick back (the start-up run too, so that a restart
+    /// loop cannot burn the quota): a skipped tick is one log line and a metric, not a run.
+    async fn held_back(&self, trigger: Trigger) -> bool {
+        let Err(held) = self.runner.budget_allows(&self.store, "rooms").await else {
+            return false;
+        };
+        self.runner.metrics().tick_skipped(held.reason());
+        match held {
+            HeldBack::Budget(why) => {
+                tracing::info!(trigger = trigger.as_str(), "skipping this tick: {why}")
+            }
+            // Said once at ERROR when DingTalk answered so; the ticks until then are quiet.
+            HeldBack::QuotaSpent(why) => {
+                tracing::debug!(trigger = trigger.as_str(), "skipping this tick: {why}")
+            }
+        }
+        true
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`config`] (settings), [`lock`] (one run at a time), [`failure`] (a run's errors),
 //!   [`telemetry`] (logging), [`signal`] (SIGTERM and SIGINT), [`metrics`] (Prometheus).
 
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -37,6 +37,8 @@ pub enum HttpOutcome {
     Network,
     /// A body longer than `dingtalk.max_response_bytes`.
     TooLarge,
+    /// A 2xx carrying DingTalk's legacy error code (`errcode`).
+    ApiError,
 }
 
 impl HttpOutcome {
@@ -50,6 +52,7 @@ impl HttpOutcome {
             HttpOutcome::Timeout => "timeout",
             HttpOutcome::Network => "network",
             HttpOutcome::TooLarge => "too_large",
+            HttpOutcome::ApiError => "api_error",
         }
     }
 }
@@ -288,14 +291,22 @@ impl Metrics {
         String::from_utf8(out).expect("the text format is UTF-8")
     }
 
-    /// One request to DingTalk.
+    /// A request to DingTalk going out: a call of the metered API.
+    pub fn api_call(&self, endpoint: &str) {
+        self.inner
+            .upstream
+            .api_calls
+            .with_label_values(&[endpoint])
+            .inc();
+    }
+
+    /// How a request to DingTalk ended.
     pub fn http_request(&self, endpoint: &str, outcome: HttpOutcome) {
-        let upstream = &self.inner.upstream;
-        upstream
+        self.inner
+            .upstream
             .http_requests
             .with_label_values(&[endpoint, outcome.as_str()])
             .inc();
-        upstream.api_calls.with_label_values(&[endpoint]).inc();
     }
 
     pub fn retry(&self) {

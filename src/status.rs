@@ -1,5 +1,8 @@
 //! `roomsync status`: the latest runs and the age of the last success, for people and for
-//! monitoring. Reads the database read-only; never blocks (or is blocked by) a running sync.
+//! monitoring, and the API budget ([`quota`]). Reads the database read-only; never blocks (or is
+//! blocked by) a running sync.
+
+pub mod quota;
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -31,6 +34,8 @@ pub struct StatusReport {
     pub runs: Vec<RunRow>,
     pub last_success: Option<RunRow>,
     pub active_rooms: i64,
+    /// None before a run has recorded the budget.
+    pub budget: Option<quota::BudgetStatus>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,12 +95,14 @@ pub async fn read(db: &Path, limit: u32) -> Result<StatusReport, StatusError> {
             .fetch_one(&mut *tx)
             .await
             .map_err(read_err)?;
+    let budget = quota::read(&mut tx).await.map_err(read_err)?;
     tx.rollback().await.map_err(read_err)?;
     conn.close().await.map_err(read_err)?;
     Ok(StatusReport {
         runs,
         last_success,
         active_rooms,
+        budget,
     })
 }
 
@@ -140,6 +147,9 @@ impl StatusReport {
             _ => {
                 let _ = writeln!(out, "last success: none: STALE (max age {max})");
             }
+        }
+        if let Some(budget) = &self.budget {
+            budget.render(&mut out, max_age);
         }
         if self.runs.is_empty() {
             let _ = writeln!(out, "no runs recorded");

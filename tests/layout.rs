@@ -19,6 +19,7 @@ const LAYERS: &[&[&str]] = &[
         "telemetry",
         "signal",
         "metrics",
+        "budget",
     ],
 ];
 

@@ -50,6 +50,8 @@ pub struct DingTalkApi {
     /// Knows the secret and every token issued, so no upstream text carries them on.
     redactor: Redactor,
     metrics: Metrics,
+    /// Set when DingTalk answers that the organisation's monthly quota is spent.
+    quota_spent: std::sync::atomic::AtomicBool,
 }
 
 /// The DingTalk API as one run sees it: requests within the rate limit, retried as DingTalk
@@ -125,7 +127,14 @@ impl DingTalkApi {
             token: Mutex::new(None),
             redactor,
             metrics,
+            quota_spent: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// Whether DingTalk said the organisation's monthly quota is spent since the last call.
+    pub fn take_quota_spent(&self) -> bool {
+        self.quota_spent
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The settings the API works with.
@@ -336,16 +345,25 @@ impl DingTalkClient {
         stage: Stage,
     ) -> Result<Bytes, AttemptError> {
         self.api.limiter.until_ready().await;
-        let result = self.send(request, stage).await;
+        // Counted as it goes out: a request cut short (an interrupted run) was still sent.
         *self
             .calls
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(endpoint)
             .or_default() += 1;
+        self.api.metrics.api_call(endpoint);
+        let result = self.send(request, stage).await;
         let outcome = match &result {
             Ok(_) => HttpOutcome::Ok,
-            Err(e) => outcome_of(&e.failure),
+            Err(e) => {
+                if quota_spent(&e.failure) {
+                    self.api
+                        .quota_spent
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                outcome_of(&e.failure)
+            }
         };
         self.api.metrics.http_request(endpoint, outcome);
         result
@@ -361,6 +379,9 @@ impl DingTalkClient {
         let body = read_body(response, self.api.cfg.max_response_bytes, stage).await?;
         if !status.is_success() {
             return Err(error_response(stage, status, header_request_id, &body));
+        }
+        if let Some(e) = legacy_error(stage, status, header_request_id.clone(), &body) {
+            return Err(e);
         }
         if is_throttle_page(&body) {
             let mut f = Failure::new(
@@ -448,11 +469,57 @@ fn token_header(token: &SecretString) -> Result<HeaderValue, AttemptError> {
     Ok(value)
 }
 
+/// Whether DingTalk answered that the organisation's monthly API quota is spent:
+/// `Forbidden.AccessDenied.ApiCountLimitForOrg` (v1.0) or errcode 90020 (the legacy API).
+fn quota_spent(failure: &Failure) -> bool {
+    failure
+        .code
+        .as_deref()
+        .is_some_and(|c| c.contains("ApiCountLimitForOrg") || c == "90020")
+}
+
+/// DingTalk's legacy error shape, a 200 with `{"errcode": 90020, "errmsg": "..."}`: an error
+/// all the same. 90018 and 90002 are its throttling (tried again), any other code is final.
+fn legacy_error(
+    stage: Stage,
+    status: StatusCode,
+    request_id: Option<String>,
+    body: &[u8],
+) -> Option<AttemptError> {
+    #[derive(Deserialize)]
+    struct Legacy {
+        errcode: Option<i64>,
+        errmsg: Option<String>,
+    }
+    let starts_as_object = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    if !starts_as_object || memchr::memmem::find(body, b"\"errcode\"").is_none() {
+        return None;
+    }
+    let legacy: Legacy = serde_json::from_slice(body).ok()?;
+    let code = legacy.errcode.filter(|c| *c != 0)?;
+    let verdict = if matches!(code, 90018 | 90002) {
+        Verdict::Retry
+    } else {
+        Verdict::Fatal
+    };
+    let message = legacy
+        .errmsg
+        .unwrap_or_else(|| "DingTalk answered with an error code".into());
+    let failure = Failure {
+        http_status: Some(status.as_u16()),
+        request_id,
+        ..Failure::new(stage, &code.to_string(), message)
+    };
+    Some(AttemptError::new(verdict, failure))
+}
+
 /// How a failed attempt counts in `roomsync_http_requests_total`.
 fn outcome_of(failure: &Failure) -> HttpOutcome {
     let code = failure.code.as_deref().unwrap_or("");
     let status = failure.http_status.unwrap_or(0);
     match code {
+        "90018" | "90002" => HttpOutcome::Throttled,
+        _ if (200..300).contains(&status) && code.parse::<i64>().is_ok() => HttpOutcome::ApiError,
         codes::TIMEOUT => HttpOutcome::Timeout,
         codes::CONNECTION => HttpOutcome::Network,
         codes::REDIRECT => HttpOutcome::Http3xx,

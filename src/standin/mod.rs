@@ -127,6 +127,12 @@ impl StandIn {
         *self.shared.org.write().expect("not poisoned") = org;
     }
 
+    /// From now on, answers every room and group request as DingTalk does once the
+    /// organisation's monthly API quota is spent (403 `...ApiCountLimitForOrg`), or no more.
+    pub fn set_quota_spent(&self, spent: bool) {
+        self.shared.quota_spent.store(spent, Ordering::Relaxed);
+    }
+
     pub fn add_fault(&self, fault: Fault) {
         self.shared.faults.lock().expect("not poisoned").push(fault);
     }

@@ -26,6 +26,9 @@ pub(super) struct Shared {
     pub faults: Mutex<Vec<Fault>>,
     pub tokens: Mutex<TokenState>,
     pub counts: Counters,
+    /// Answer every metered request as DingTalk does once the organisation's monthly quota
+    /// is spent.
+    pub quota_spent: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -59,6 +62,7 @@ impl Shared {
                 expire_after: config.expire_token_after,
             }),
             counts: Counters::default(),
+            quota_spent: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -69,6 +73,17 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1.0/rooms/meetingRoomLists", get(room_list))
         .route("/v1.0/rooms/groupLists", get(group_list))
         .with_state(shared)
+}
+
+/// DingTalk's answer once the organisation's calls for the month passed its quota.
+fn quota_spent(s: &Shared) -> Option<Response> {
+    s.quota_spent.load(Ordering::Relaxed).then(|| {
+        dingtalk_error(
+            StatusCode::FORBIDDEN,
+            "Forbidden.AccessDenied.ApiCountLimitForOrg",
+            "您的企业本月api调用量已超过限制,调用量:10001次,额度:10000次",
+        )
+    })
 }
 
 fn dingtalk_error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -192,6 +207,9 @@ async fn room_list(
 
 fn build_room_page(s: &Shared, headers: &HeaderMap, query: &HashMap<String, String>) -> Response {
     s.counts.page_requests.fetch_add(1, Ordering::Relaxed);
+    if let Some(r) = quota_spent(s) {
+        return r;
+    }
     if let Err(r) = check_token(s, headers).and_then(|()| check_union_id(s, query)) {
         return r.into_response();
     }
@@ -251,6 +269,9 @@ async fn group_list(
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     s.counts.group_requests.fetch_add(1, Ordering::Relaxed);
+    if let Some(r) = quota_spent(&s) {
+        return r;
+    }
     if let Err(r) = check_token(&s, &headers).and_then(|()| check_union_id(&s, &query)) {
         return r.into_response();
     }

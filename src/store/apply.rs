@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use sqlx::sqlite::SqliteConnection;
 use sqlx::Connection;
 
+use super::budget::{record_calls, set_exhausted_until, RunCalls};
 use super::runs::{insert_error, now_rfc3339};
 use super::staging::{StagedChange, Staging};
 use crate::failure::Failure;
@@ -47,6 +48,8 @@ pub struct ApplyRequest<'a> {
     pub warnings: &'a [Failure],
     /// How many warnings the run had in all.
     pub warning_count: u64,
+    /// The requests the run sent to DingTalk, recorded with it.
+    pub calls: &'a RunCalls,
 }
 
 /// What an applied run changed, as recorded in its `sync_runs` row.
@@ -460,6 +463,9 @@ async fn finish_run(
     for warning in req.warnings {
         insert_error(conn, req.run_id, warning).await?;
     }
+    record_calls(conn, req.run_id, req.calls).await?;
+    // DingTalk answered: whatever quota was spent is back.
+    set_exhausted_until(conn, None).await?;
     sqlx::query(
         "UPDATE main.sync_runs SET status = 'succeeded', finished_at = ?2, pages_fetched = ?3,
              rooms_seen = ?4, rooms_added = ?5, rooms_updated = ?6, rooms_removed = ?7, error = NULL,

@@ -3,6 +3,7 @@
 //! all-or-nothing apply in [`staging`] and [`apply`].
 
 pub mod apply;
+pub mod budget;
 pub mod fingerprints;
 pub mod runs;
 pub mod staging;

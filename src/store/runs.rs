@@ -3,6 +3,7 @@
 
 use sqlx::{SqliteConnection, SqlitePool};
 
+use super::budget::{record_calls, set_exhausted_until, RunCalls};
 use crate::failure::Failure;
 use crate::metrics::MirrorGauges;
 
@@ -93,12 +94,17 @@ pub async fn start_run(pool: &SqlitePool, trigger: Trigger) -> sqlx::Result<i64>
 }
 
 /// How a run that did not apply ended, and how far it got.
+#[derive(Clone, Copy)]
 pub struct UnappliedEnd<'a> {
     /// `failed` or `interrupted`.
     pub status: RunStatus,
     pub pages_fetched: u32,
     pub rooms_seen: Option<u64>,
     pub error: &'a str,
+    /// The requests the run sent to DingTalk.
+    pub calls: &'a RunCalls,
+    /// Set when DingTalk said the organisation's monthly quota is spent: until when.
+    pub exhausted_until: Option<&'a str>,
 }
 
 /// Ends a run that did not apply: `failed` or `interrupted`, with what was fetched so far,
@@ -125,7 +131,12 @@ pub async fn end_run_unapplied(
         return Ok(());
     }
     // The run row alone, one page: its error text says what the rows would have.
-    write_end(pool, run_id, end, &[]).await
+    let row_only = UnappliedEnd {
+        calls: &RunCalls::default(),
+        exhausted_until: None,
+        ..*end
+    };
+    write_end(pool, run_id, &row_only, &[]).await
 }
 
 async fn write_end(
@@ -137,6 +148,10 @@ async fn write_end(
     let mut tx = pool.begin().await?;
     for failure in unrecorded {
         insert_error(&mut tx, run_id, failure).await?;
+    }
+    record_calls(&mut tx, run_id, end.calls).await?;
+    if let Some(until) = end.exhausted_until {
+        set_exhausted_until(&mut tx, Some(until)).await?;
     }
     sqlx::query(
         "UPDATE sync_runs SET status = ?2, finished_at = ?3, pages_fetched = ?4, rooms_seen = ?5, error = ?6

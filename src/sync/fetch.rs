@@ -49,7 +49,7 @@ pub(super) async fn fetch_and_apply(
     progress: &mut FetchProgress,
 ) -> Result<ApplyCounts, NotApplied> {
     let failures = &run.failures;
-    let client = run.runner.api().client(failures.observer());
+    let client = &run.client;
     let conn = run
         .pool
         .acquire()
@@ -65,7 +65,7 @@ pub(super) async fn fetch_and_apply(
     let processor = process_pages(run.pool.clone(), staging, queue, failures.clone());
     let processor = tokio::spawn(processor.in_current_span());
     let fetched = tokio::select! {
-        fetched = fetch_listing(&client, failures, pages, progress) => fetched,
+        fetched = fetch_listing(client, failures, pages, progress) => fetched,
         _ = run.shutdown.cancelled() => {
             tracing::warn!("shutdown requested: abandoning the fetch, nothing is applied");
             Err(NotApplied::Interrupted)
@@ -477,6 +477,7 @@ async fn apply_listing(
         keep_changes_days: run.runner.settings().sync.keep_changes_days,
         warnings: &progress.warnings.rows,
         warning_count: progress.warnings.count,
+        calls: &run.runner.run_calls(&run.client),
     };
     match apply(staging, &request).await {
         Ok(ApplyOutcome::Applied(counts)) => Ok(counts),

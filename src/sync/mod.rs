@@ -14,7 +14,7 @@ mod fetch;
 mod ledger;
 mod runner;
 
-pub use runner::{run_once, Runner};
+pub use runner::{run_once, HeldBack, Runner};
 
 use std::fmt;
 use std::panic::AssertUnwindSafe;
@@ -30,11 +30,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::dingtalk::model::SkippedPart;
-use crate::dingtalk::Observer;
+use crate::dingtalk::{DingTalkClient, Observer};
 use crate::failure::{codes, Failure, Redactor, Severity, Stage};
 use crate::lock::SyncLock;
 use crate::metrics::Metrics;
 use crate::store::apply::ApplyCounts;
+use crate::store::budget::RunCalls;
 use crate::store::runs::{self, RunStatus, Trigger};
 use crate::store::{Store, StoreError};
 
@@ -169,6 +170,7 @@ async fn run_sync(
     let run = Run {
         pool: pool.clone(),
         runner,
+        client: runner.api().client(failures.observer()),
         options,
         run_id,
         shutdown,
@@ -223,6 +225,8 @@ async fn record_panic(
         pages_fetched: 0,
         rooms_seen: None,
         error: &error,
+        calls: &RunCalls::default(),
+        exhausted_until: None,
     };
     let recorded = runs::end_run_unapplied(pool, run_id, &end, &[failure]).await;
     if let Err(e) = &recorded {
@@ -246,6 +250,8 @@ async fn record_panic(
 struct Run<'a> {
     pool: SqlitePool,
     runner: &'a Runner,
+    /// The run's view of the DingTalk API: its failed attempts go to `failures`.
+    client: DingTalkClient,
     options: SyncOptions,
     run_id: i64,
     shutdown: CancellationToken,
@@ -264,14 +270,66 @@ impl Run<'_> {
             run_id,
             failures,
             options,
+            client,
+            runner,
             ..
         } = self;
-        drop(failures);
+        let calls = runner.run_calls(&client);
+        drop((client, failures));
         let unrecorded = recorder.await.unwrap_or_else(|_| {
             tracing::error!("the error recorder stopped unexpectedly");
             Vec::new()
         });
+        let ending = Ending::of(outcome);
+        let end_not_recorded = match ending.status {
+            RunStatus::Succeeded => {
+                // Retried attempts of a run that then succeeded: best effort, as they came.
+                for failure in &unrecorded {
+                    let _ = runs::record_error(&pool, run_id, failure).await;
+                }
+                None
+            }
+            status => {
+                let spent_until = runner.note_quota();
+                let end = runs::UnappliedEnd {
+                    status,
+                    pages_fetched: progress.pages,
+                    rooms_seen: progress.rooms_seen,
+                    error: ending.error.as_deref().unwrap_or_default(),
+                    calls: &calls,
+                    exhausted_until: spent_until.as_deref(),
+                };
+                let recorded = runs::end_run_unapplied(&pool, run_id, &end, &unrecorded).await;
+                recorded.err().map(|e| {
+                    tracing::error!(error = %e, "could not record the end of the run");
+                    e.to_string()
+                })
+            }
+        };
+        RunReport {
+            run_id,
+            trigger: options.trigger,
+            status: ending.status,
+            pages_fetched: progress.pages,
+            rooms_seen: ending.counts.map(|c| c.seen).or(progress.rooms_seen),
+            counts: ending.counts,
+            duration: started.elapsed(),
+            error: ending.error,
+            warnings: ending.counts.map_or(0, |_| progress.warnings.count),
+            end_not_recorded,
+        }
+    }
+}
 
+/// How the fetch and apply ended, as the run row will say.
+struct Ending {
+    status: RunStatus,
+    counts: Option<ApplyCounts>,
+    error: Option<String>,
+}
+
+impl Ending {
+    fn of(outcome: Result<ApplyCounts, NotApplied>) -> Ending {
         let (status, counts, error) = match outcome {
             Ok(counts) => (RunStatus::Succeeded, Some(counts), None),
             Err(NotApplied::Failed(f)) => (RunStatus::Failed, None, Some(f.to_string())),
@@ -284,39 +342,10 @@ impl Run<'_> {
                 ),
             ),
         };
-        let mut end_not_recorded = None;
-        if status != RunStatus::Succeeded {
-            let end = runs::UnappliedEnd {
-                status,
-                pages_fetched: progress.pages,
-                rooms_seen: progress.rooms_seen,
-                error: error.as_deref().unwrap_or_default(),
-            };
-            if let Err(e) = runs::end_run_unapplied(&pool, run_id, &end, &unrecorded).await {
-                tracing::error!(error = %e, "could not record the end of the run");
-                end_not_recorded = Some(e.to_string());
-            }
-        } else if !unrecorded.is_empty() {
-            // Retried attempts of a run that then succeeded: best effort, as they came.
-            for failure in &unrecorded {
-                let _ = runs::record_error(&pool, run_id, failure).await;
-            }
-        }
-        RunReport {
-            run_id,
-            trigger: options.trigger,
+        Ending {
             status,
-            pages_fetched: progress.pages,
-            rooms_seen: counts.map(|c| c.seen).or(progress.rooms_seen),
             counts,
-            duration: started.elapsed(),
             error,
-            warnings: if counts.is_some() {
-                progress.warnings.count
-            } else {
-                0
-            },
-            end_not_recorded,
         }
     }
 }

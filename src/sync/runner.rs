@@ -2,7 +2,7 @@
 //! and rate limit its runs share, its metrics, its webhook), and what follows every run: the
 //! metrics, the textfile, the webhook.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
@@ -10,13 +10,40 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::{run_sync, RunError, RunReport, SyncOptions};
+use crate::budget::FIRST_RUN_COST;
 use crate::config::Settings;
-use crate::dingtalk::DingTalkApi;
+use crate::dingtalk::{DingTalkApi, DingTalkClient};
 use crate::lock::{lock_path, SyncLock};
 use crate::metrics::{FinishedRun, Metrics};
 use crate::notify::{Notifier, RunNotice};
-use crate::store::runs::{self, RunStatus};
+use crate::store::budget::{self as store_budget, BudgetRecord, RunCalls};
+use crate::store::runs::{self, RunStatus, Trigger};
 use crate::store::Store;
+
+/// Why a run should not start now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeldBack {
+    /// The month's calls are ahead of the even-spending line.
+    Budget(String),
+    /// DingTalk said the organisation's quota is spent, until the next quota month.
+    QuotaSpent(String),
+}
+
+impl HeldBack {
+    /// The `reason` label of `roomsync_ticks_skipped_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            HeldBack::Budget(_) => "budget",
+            HeldBack::QuotaSpent(_) => "quota_exhausted",
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            HeldBack::Budget(m) | HeldBack::QuotaSpent(m) => m,
+        }
+    }
+}
 
 /// What a process needs to start runs; the daemon keeps one for its whole life, so that its
 /// runs share the access token, the rate limit and the metrics.
@@ -27,6 +54,8 @@ pub struct Runner {
     notifier: Option<Arc<Notifier>>,
     /// Webhook deliveries under way.
     deliveries: TaskTracker,
+    /// Until when DingTalk said the organisation's monthly quota is spent.
+    quota_spent_until: Mutex<Option<SystemTime>>,
 }
 
 /// One run with a runner of its own (fresh metrics, a new token): for one-shot callers
@@ -43,6 +72,7 @@ pub async fn run_once(
 impl Runner {
     pub fn new(settings: Settings, metrics: Metrics) -> Result<Runner, RunError> {
         let api = DingTalkApi::new(settings.dingtalk.clone(), metrics.clone())?;
+        metrics.set_api_budget(settings.budget.monthly_calls);
         let notifier = match &settings.notify {
             Some(notify) => Some(Arc::new(Notifier::new(notify.clone(), metrics.clone())?)),
             None => None,
@@ -53,6 +83,7 @@ impl Runner {
             metrics,
             notifier,
             deliveries: TaskTracker::new(),
+            quota_spent_until: Mutex::new(None),
         })
     }
 
@@ -77,6 +108,13 @@ impl Runner {
     ) -> Result<RunReport, RunError> {
         let lock = self.take_lock()?;
         let store = Store::open(&self.settings.database.path).await?;
+        if options.trigger == Trigger::Manual {
+            // The operator asked: the run goes ahead, said to be over budget when it is.
+            self.record_budget(&store).await;
+            if let Err(held) = self.budget_allows(&store, "rooms").await {
+                tracing::warn!("{}; --sync-now runs anyway", held.message());
+            }
+        }
         let report = self.run_locked(&store, &lock, options, shutdown).await;
         store.close().await;
         report
@@ -101,6 +139,7 @@ impl Runner {
         options: SyncOptions,
         shutdown: CancellationToken,
     ) -> Result<RunReport, RunError> {
+        self.record_budget(store).await;
         let report = run_sync(self, store, lock, options, shutdown).await?;
         self.after_run(store, &report).await;
         Ok(report)
@@ -118,6 +157,127 @@ impl Runner {
                 lock: lock_path(db),
                 source,
             }),
+        }
+    }
+
+    /// The requests `client` sent, for the quota month of now.
+    pub(super) fn run_calls(&self, client: &DingTalkClient) -> RunCalls {
+        RunCalls {
+            month: self.settings.budget.month_of(SystemTime::now()),
+            by_endpoint: client.calls(),
+        }
+    }
+
+    /// After a failed run: when DingTalk said the monthly quota is spent, until when (the start
+    /// of the next quota month, RFC 3339), said once at ERROR.
+    pub(super) fn note_quota(&self) -> Option<String> {
+        if !self.api.take_quota_spent() {
+            return None;
+        }
+        let budget = &self.settings.budget;
+        let until = budget.next_month_start(SystemTime::now());
+        *self
+            .quota_spent_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(until);
+        tracing::error!(
+            resumes = %budget.local(until),
+            "DingTalk says the organisation's monthly API quota is spent (every app of the \
+             organisation is refused): no request is sent until the next quota month begins, \
+             {}",
+            budget.local(until)
+        );
+        Some(humantime::format_rfc3339_seconds(until).to_string())
+    }
+
+    /// Until when the organisation's quota is known to be spent, if it is now.
+    pub fn quota_spent_until(&self) -> Option<SystemTime> {
+        let mut until = self
+            .quota_spent_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if until.is_some_and(|t| t <= SystemTime::now()) {
+            *until = None;
+        }
+        *until
+    }
+
+    /// Records the budget this runner keeps to, for readers without the configuration; and
+    /// learns whether a run of an earlier process found the quota spent.
+    pub async fn record_budget(&self, store: &Store) {
+        let budget = &self.settings.budget;
+        let record = BudgetRecord {
+            monthly_calls: budget.monthly_calls as i64,
+            time_zone: budget.time_zone_name.clone(),
+            utc_offset_seconds: i64::from(budget.utc_offset_seconds(SystemTime::now())),
+            schedule_cron: self.settings.schedule.cron.clone(),
+            exhausted_until: None,
+        };
+        let written = async {
+            let mut conn = store.pool().acquire().await?;
+            store_budget::write_budget(&mut conn, &record).await?;
+            store_budget::read_budget(&mut conn).await
+        };
+        match written.await {
+            Ok(Some(stored)) => {
+                let spent = stored
+                    .exhausted_until
+                    .and_then(|t| humantime::parse_rfc3339(&t).ok())
+                    .filter(|t| *t > SystemTime::now());
+                let mut until = self
+                    .quota_spent_until
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if until.is_none() {
+                    *until = spent;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "could not record the budget"),
+        }
+    }
+
+    /// Whether the budget lets a run of `kind` start now: the month's calls plus its estimated
+    /// cost (the last run of its kind, or [`FIRST_RUN_COST`]) under the even-spending line
+    /// plus that cost, and DingTalk's quota not spent. `Err` says why not.
+    pub async fn budget_allows(&self, store: &Store, kind: &str) -> Result<(), HeldBack> {
+        if let Some(until) = self.quota_spent_until() {
+            return Err(HeldBack::QuotaSpent(format!(
+                "DingTalk's monthly API quota is spent until {}",
+                self.settings.budget.local(until)
+            )));
+        }
+        let budget = &self.settings.budget;
+        if budget.monthly_calls == 0 {
+            return Ok(());
+        }
+        let now = SystemTime::now();
+        let pace = budget.pace(now);
+        let spent = async {
+            let mut conn = store.pool().acquire().await?;
+            let calls = store_budget::month_calls(&mut conn, &pace.month).await?;
+            let cost = store_budget::last_run_cost(&mut conn, kind).await?;
+            Ok::<_, sqlx::Error>((
+                calls.iter().map(|c| c.calls.max(0) as u64).sum::<u64>(),
+                cost,
+            ))
+        };
+        let (calls, cost) = match spent.await {
+            Ok(spent) => spent,
+            Err(e) => {
+                tracing::warn!(error = %e, "the month's API calls could not be read; running");
+                return Ok(());
+            }
+        };
+        let cost = cost.unwrap_or(FIRST_RUN_COST);
+        if budget.allows(now, calls, cost) {
+            Ok(())
+        } else {
+            Err(HeldBack::Budget(format!(
+                "API budget: {calls} of {} calls spent in {}, {:.0} allowed by now at an even \
+                 pace, and a run costs about {cost}",
+                budget.monthly_calls, pace.month, pace.line
+            )))
         }
     }
 
