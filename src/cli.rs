@@ -46,6 +46,11 @@ pub struct Cli {
     #[arg(long, requires = "sync_now")]
     pub allow_mass_removal: bool,
 
+    /// With --sync-now: refresh the rooms' availability only, not the room list (needs
+    /// availability.enabled).
+    #[arg(long, requires = "sync_now", conflicts_with = "allow_mass_removal")]
+    pub availability_only: bool,
+
     /// Sync a generated organisation from a built-in stand-in DingTalk API into
     /// ./roomsync-demo.db; needs no config file and no credentials.
     #[arg(long, conflicts_with_all = ["sync_now", "config"])]
@@ -78,6 +83,10 @@ pub enum Command {
         /// How many of the latest runs to list.
         #[arg(long, value_name = "N", default_value_t = 10)]
         runs: u32,
+        /// Also exit 1 when the last successful availability refresh is older than this (or
+        /// there is none); unchecked when absent.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        availability_max_age: Option<std::time::Duration>,
     },
 }
 
@@ -133,7 +142,11 @@ pub fn main() -> ExitCode {
     }
     ExitCode::from(block_on(async {
         if cli.sync_now {
-            sync_now(&settings, cli.allow_mass_removal).await
+            let asked = OneShot {
+                allow_mass_removal: cli.allow_mass_removal,
+                availability_only: cli.availability_only,
+            };
+            sync_now(&settings, asked).await
         } else {
             daemon(settings).await
         }
@@ -144,7 +157,11 @@ pub fn main() -> ExitCode {
 /// `[database]` (no credentials), `stand-in` no configuration at all.
 fn run_command(command: Command, config: Option<&std::path::Path>) -> u8 {
     match command {
-        Command::Status { max_age, runs } => {
+        Command::Status {
+            max_age,
+            runs,
+            availability_max_age,
+        } => {
             let database = match crate::config::DatabaseSettings::load(config) {
                 Ok(d) => d,
                 Err(e) => {
@@ -157,7 +174,11 @@ fn run_command(command: Command, config: Option<&std::path::Path>) -> u8 {
                 format: crate::config::LogFormat::Text,
             });
             crate::telemetry::log_panics();
-            block_on(status(&database.path, max_age, runs))
+            let ages = Ages {
+                rooms: max_age,
+                availability: availability_max_age,
+            };
+            block_on(status(&database.path, ages, runs))
         }
         Command::StandIn(args) => {
             if let Some(e) = std::env::var("RUST_LOG")
@@ -233,12 +254,22 @@ async fn daemon(settings: Settings) -> u8 {
     }
 }
 
-/// `status`: exit 0 when the last success is younger than `max_age`, else 1.
-async fn status(db: &std::path::Path, max_age: std::time::Duration, runs: u32) -> u8 {
+/// The oldest acceptable last successes, of the room list and of the availability.
+struct Ages {
+    rooms: Duration,
+    availability: Option<Duration>,
+}
+
+/// `status`: exit 0 when the last success is younger than `--max-age` (and the last refresh
+/// younger than `--availability-max-age`, when given), else 1.
+async fn status(db: &std::path::Path, ages: Ages, runs: u32) -> u8 {
     match crate::status::read(db, runs).await {
         Ok(report) => {
-            print!("{}", report.render(db, max_age));
-            if report.is_fresh(max_age) {
+            print!("{}", report.render(db, ages.rooms, ages.availability));
+            let availability_fresh = ages
+                .availability
+                .is_none_or(|max| report.availability_is_fresh(max));
+            if report.is_fresh(ages.rooms) && availability_fresh {
                 exit::OK
             } else {
                 exit::FAILED
@@ -251,13 +282,24 @@ async fn status(db: &std::path::Path, max_age: std::time::Duration, runs: u32) -
     }
 }
 
-/// `--sync-now`: one run (lock, open, run, close), its summary, its exit code. A webhook under
-/// way is waited for before the process ends (it never changes the exit code).
-async fn sync_now(settings: &Settings, allow_mass_removal: bool) -> u8 {
-    let options = SyncOptions {
-        trigger: Trigger::Manual,
-        allow_mass_removal,
-    };
+/// What `--sync-now` was asked to do.
+#[derive(Debug, Clone, Copy)]
+struct OneShot {
+    allow_mass_removal: bool,
+    availability_only: bool,
+}
+
+/// `--sync-now`: the room list, then (when enabled) one availability refresh, or the refresh
+/// alone; each run's summary, and exit 0 only when every run succeeded. A webhook under way is
+/// waited for before the process ends (it never changes the exit code).
+async fn sync_now(settings: &Settings, asked: OneShot) -> u8 {
+    if asked.availability_only && !settings.availability.enabled {
+        eprintln!(
+            "roomsync: configuration: availability.enabled: --availability-only needs the \
+             availability refresh enabled ([availability] enabled = true)"
+        );
+        return exit::USAGE;
+    }
     let runner = match Runner::new(settings.clone(), Metrics::new()) {
         Ok(runner) => runner,
         Err(e) => {
@@ -265,16 +307,20 @@ async fn sync_now(settings: &Settings, allow_mass_removal: bool) -> u8 {
             return exit::FAILED;
         }
     };
-    let code = match runner.run_once(options, cancel_on_signal()).await {
-        Ok(report) => report_outcome(&report, RunReport::to_string),
-        Err(e) => {
-            eprintln!("roomsync: {e}");
-            match e {
-                RunError::Locked { .. } => exit::LOCKED,
-                _ => exit::FAILED,
-            }
-        }
-    };
+    let shutdown = cancel_on_signal();
+    let mut code = exit::OK;
+    if !asked.availability_only {
+        let options = SyncOptions {
+            trigger: Trigger::Manual,
+            allow_mass_removal: asked.allow_mass_removal,
+        };
+        code = one_shot_code(runner.run_once(options, shutdown.clone()).await);
+    }
+    let refresh = settings.availability.enabled && code != exit::LOCKED;
+    if refresh && !shutdown.is_cancelled() {
+        let refreshed = runner.refresh_once(Trigger::Manual, shutdown).await;
+        code = code.max(one_shot_code(refreshed));
+    }
     // Four attempts of at most timeout_secs each, and the waits of 1, 2 and 4 s between.
     if let Some(notify) = &settings.notify {
         let limit = notify.timeout * 4 + Duration::from_secs(8);
@@ -283,6 +329,20 @@ async fn sync_now(settings: &Settings, allow_mass_removal: bool) -> u8 {
         }
     }
     code
+}
+
+/// A one-shot run's summary and exit code.
+fn one_shot_code(outcome: Result<RunReport, RunError>) -> u8 {
+    match outcome {
+        Ok(report) => report_outcome(&report, RunReport::to_string),
+        Err(e) => {
+            eprintln!("roomsync: {e}");
+            match e {
+                RunError::Locked { .. } => exit::LOCKED,
+                _ => exit::FAILED,
+            }
+        }
+    }
 }
 
 /// A token cancelled by the first SIGTERM or SIGINT.

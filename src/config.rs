@@ -4,10 +4,13 @@
 //! config error exits 2 with a message that names the key. No message ever shows the app
 //! secret: syntax errors name the place, not the line, and every message is scrubbed of it.
 
+mod availability;
 mod number;
 mod observe;
 mod quota;
 mod source;
+
+pub use availability::AvailabilitySettings;
 
 pub use observe::{MetricsSettings, NotifyOn, NotifySettings};
 
@@ -76,6 +79,8 @@ pub struct Settings {
     pub notify: Option<NotifySettings>,
     /// DingTalk's monthly API quota: how much of it roomsync may spend.
     pub budget: crate::budget::Budget,
+    /// Room availability (free/busy), refreshed on a schedule of its own when enabled.
+    pub availability: AvailabilitySettings,
     /// Found while loading, to be logged once logging is set up (e.g. a secret file that
     /// other users can read).
     pub warnings: Vec<String>,
@@ -242,6 +247,7 @@ struct RawSettings {
     metrics: observe::RawMetrics,
     notify: observe::RawNotify,
     budget: quota::RawBudget,
+    availability: availability::RawAvailability,
 }
 
 /// Where the settings came from, for the checks that look at files.
@@ -317,6 +323,10 @@ impl Settings {
             notify: None,
             budget: raw
                 .budget
+                .validate()
+                .expect("the built-in defaults are valid"),
+            availability: raw
+                .availability
                 .validate()
                 .expect("the built-in defaults are valid"),
             warnings: Vec::new(),
@@ -537,6 +547,7 @@ impl RawSettings {
         let metrics = self.metrics.validate()?;
         let notify = self.notify.validate()?;
         let budget = self.budget.validate()?;
+        let availability = self.availability.validate()?;
         let warnings =
             source::exposure_warnings(&origin.config, origin.config_holds_secret, &secret_files);
         Ok(Settings {
@@ -548,6 +559,7 @@ impl RawSettings {
             metrics,
             notify,
             budget,
+            availability,
             warnings,
         })
     }
@@ -705,10 +717,15 @@ pub(crate) fn read_secret_file(
 
 /// Six fields, seconds first, parsed the way the scheduler will parse it.
 pub fn validate_cron(expr: &str) -> Result<(), ConfigError> {
+    validate_cron_of("schedule.cron", expr)
+}
+
+/// A six-field schedule for `key`, parsed the way the scheduler will parse it.
+fn validate_cron_of(key: &'static str, expr: &str) -> Result<(), ConfigError> {
     let fields = expr.split_whitespace().count();
     if fields != 6 {
         return Err(invalid(
-            "schedule.cron",
+            key,
             format!("{expr:?} has {fields} fields; six are needed, seconds first (e.g. {DEFAULT_CRON:?})"),
         ));
     }
@@ -717,12 +734,7 @@ pub fn validate_cron(expr: &str) -> Result<(), ConfigError> {
         .build()
         .parse(expr)
         .map(|_| ())
-        .map_err(|e| {
-            invalid(
-                "schedule.cron",
-                format!("{expr:?} is not a valid schedule: {e}"),
-            )
-        })
+        .map_err(|e| invalid(key, format!("{expr:?} is not a valid schedule: {e}")))
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use crate::config::Settings;
 use crate::lock::SyncLock;
 use crate::metrics::Metrics;
 use crate::signal::ShutdownSignals;
-use crate::store::runs::Trigger;
+use crate::store::runs::{RunKind, Trigger};
 use crate::store::Store;
 use crate::sync::{HeldBack, RunError, Runner, SyncOptions};
 
@@ -60,7 +60,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         NotifyState::Status("waiting for the first sync"),
     ]);
     if daemon.settings.schedule.run_on_start {
-        daemon.start_run(Trigger::Startup);
+        // One of each kind, one after the other: never two runs at once.
+        let mut kinds = vec![RunKind::Rooms];
+        if daemon.settings.availability.enabled {
+            kinds.push(RunKind::Availability);
+        }
+        daemon.start_runs(kinds, Trigger::Startup);
     }
 
     let signal = signals.wait().await;
@@ -125,16 +130,18 @@ impl Daemon {
         let scheduler = JobScheduler::new()
             .await
             .context("starting the scheduler")?;
-        let ticker = self.clone();
-        let job = Job::new_async(self.settings.schedule.cron.as_str(), move |_, _| {
-            let daemon = ticker.clone();
-            Box::pin(async move { daemon.start_run(Trigger::Schedule) })
-        })
-        .with_context(|| format!("schedule.cron {:?}", self.settings.schedule.cron))?;
+        let job = self.job(&self.settings.schedule.cron, RunKind::Rooms)?;
         scheduler
             .add(job)
             .await
             .context("scheduling the sync job")?;
+        if self.settings.availability.enabled {
+            let job = self.job(&self.settings.availability.cron, RunKind::Availability)?;
+            scheduler
+                .add(job)
+                .await
+                .context("scheduling the availability refresh")?;
+        }
         if let Some(period) = watchdog_period() {
             // Pinged by a job of the scheduler itself: if the scheduler loop stalls, so do the
             // pings, and systemd restarts the service.
@@ -171,7 +178,7 @@ impl Daemon {
     }
 
     /// Starts a run in the background unless one is in progress here or elsewhere.
-    fn start_run(self: &Arc<Self>, trigger: Trigger) {
+    fn start_runs(self: &Arc<Self>, kinds: Vec<RunKind>, trigger: Trigger) {
         if self.shutdown.is_cancelled() {
             return;
         }
@@ -184,25 +191,44 @@ impl Daemon {
         }
         let busy = Busy(self.clone());
         self.runs.spawn(async move {
-            busy.0.run_locked(trigger).await;
+            for kind in kinds {
+                if busy.0.shutdown.is_cancelled() {
+                    break;
+                }
+                busy.0.run_locked(kind, trigger).await;
+            }
             drop(busy);
         });
     }
 
-    /// One run, unless another process holds the sync lock; its summary becomes the status
-    /// systemd shows.
-    async fn run_locked(&self, trigger: Trigger) {
-        if self.held_back(trigger).await {
+    /// A scheduler job that starts a run of `kind` on `cron`.
+    fn job(self: &Arc<Self>, cron: &str, kind: RunKind) -> anyhow::Result<Job> {
+        let ticker = self.clone();
+        Job::new_async(cron, move |_, _| {
+            let daemon = ticker.clone();
+            Box::pin(async move { daemon.start_runs(vec![kind], Trigger::Schedule) })
+        })
+        .with_context(|| format!("the {} schedule {cron:?}", kind.as_str()))
+    }
+
+    /// One run, unless the budget holds it back or another process holds the sync lock; its
+    /// summary becomes the status systemd shows.
+    async fn run_locked(&self, kind: RunKind, trigger: Trigger) {
+        if self.held_back(kind, trigger).await {
             return;
         }
-        let options = SyncOptions {
-            trigger,
-            allow_mass_removal: false,
+        let shutdown = self.shutdown.clone();
+        let run = match kind {
+            RunKind::Rooms => {
+                let options = SyncOptions {
+                    trigger,
+                    allow_mass_removal: false,
+                };
+                self.runner.run_on(&self.store, options, shutdown).await
+            }
+            RunKind::Availability => self.runner.refresh_on(&self.store, trigger, shutdown).await,
         };
-        let run = self
-            .runner
-            .run_on(&self.store, options, self.shutdown.clone());
-        match run.await {
+        match run {
             Ok(report) => notify(&[NotifyState::Status(&format!("last run: {report}"))]),
             Err(RunError::Locked { .. }) => {
                 tracing::info!(
@@ -226,8 +252,8 @@ impl Daemon {
 impl Daemon {
     /// Whether the API budget holds this tick back (the start-up run too, so that a restart
     /// loop cannot burn the quota): a skipped tick is one log line and a metric, not a run.
-    async fn held_back(&self, trigger: Trigger) -> bool {
-        let Err(held) = self.runner.budget_allows(&self.store, "rooms").await else {
+    async fn held_back(&self, kind: RunKind, trigger: Trigger) -> bool {
+        let Err(held) = self.runner.budget_allows(&self.store, kind).await else {
             return false;
         };
         self.runner.metrics().tick_skipped(held.reason());

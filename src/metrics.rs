@@ -59,6 +59,9 @@ impl HttpOutcome {
 
 /// What a finished run adds to the metrics.
 pub struct FinishedRun<'a> {
+    /// `rooms` or `availability`: only the room list's runs count in `roomsync_runs_total`
+    /// and the last run and success, as in `sync_status`.
+    pub kind: &'a str,
     pub trigger: &'a str,
     pub status: &'a str,
     pub duration: Duration,
@@ -85,12 +88,14 @@ struct Families {
 struct MirrorFamilies {
     last_run: Gauge,
     last_success: Gauge,
+    last_availability: Gauge,
     rooms: IntGaugeVec,
 }
 
 /// What runs did.
 struct RunFamilies {
     runs: IntCounterVec,
+    availability_runs: IntCounterVec,
     run_duration: Histogram,
     room_changes: IntCounterVec,
     pages: IntCounter,
@@ -139,6 +144,13 @@ impl MirrorFamilies {
                     "When the latest successful run finished (Unix time)",
                 ),
             ),
+            last_availability: register(
+                r,
+                gauge(
+                    "roomsync_last_availability_timestamp_seconds",
+                    "When the latest successful availability refresh finished (Unix time)",
+                ),
+            ),
             rooms,
         }
     }
@@ -154,7 +166,15 @@ impl RunFamilies {
                 r,
                 counter_vec(
                     "roomsync_runs_total",
-                    "Runs by trigger and status",
+                    "Runs of the room list by trigger and status",
+                    &["trigger", "status"],
+                ),
+            ),
+            availability_runs: register(
+                r,
+                counter_vec(
+                    "roomsync_availability_runs_total",
+                    "Availability refreshes by trigger and status",
                     &["trigger", "status"],
                 ),
             ),
@@ -320,6 +340,13 @@ impl Metrics {
 
     pub fn run_finished(&self, run: &FinishedRun<'_>) {
         let runs = &self.inner.runs;
+        if run.kind == "availability" {
+            runs.availability_runs
+                .with_label_values(&[run.trigger, run.status])
+                .inc();
+            runs.warnings.inc_by(run.warnings);
+            return;
+        }
         runs.runs
             .with_label_values(&[run.trigger, run.status])
             .inc();
@@ -342,6 +369,9 @@ impl Metrics {
         }
         if let Some(t) = mirror.last_success {
             families.last_success.set(unix_seconds(t));
+        }
+        if let Some(t) = mirror.last_availability {
+            families.last_availability.set(unix_seconds(t));
         }
         families
             .rooms
@@ -405,6 +435,7 @@ impl Metrics {
 pub struct MirrorGauges {
     pub last_run: Option<SystemTime>,
     pub last_success: Option<SystemTime>,
+    pub last_availability: Option<SystemTime>,
     pub active_rooms: i64,
     pub removed_rooms: i64,
 }

@@ -36,6 +36,21 @@ pub struct StatusReport {
     pub active_rooms: i64,
     /// None before a run has recorded the budget.
     pub budget: Option<quota::BudgetStatus>,
+    /// The latest availability refresh, and the latest successful one.
+    pub latest_refresh: Option<RefreshRow>,
+    pub last_refresh_success: Option<RefreshRow>,
+}
+
+/// An availability refresh as `status` shows it.
+#[derive(Debug, FromRow)]
+pub struct RefreshRow {
+    pub run_id: i64,
+    pub status: String,
+    pub finished_at: Option<String>,
+    pub rooms_seen: Option<i64>,
+    pub error: Option<String>,
+    /// Rooms the refresh could not read (they kept their previous busy rows).
+    pub failed_rooms: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,14 +93,15 @@ pub async fn read(db: &Path, limit: u32) -> Result<StatusReport, StatusError> {
     // One read transaction: the three answers agree with each other.
     let mut tx = conn.begin().await.map_err(read_err)?;
     let runs = sqlx::query_as::<_, RunRow>(&format!(
-        "SELECT {RUN_COLUMNS} FROM sync_runs ORDER BY run_id DESC LIMIT ?1"
+        "SELECT {RUN_COLUMNS} FROM sync_runs WHERE kind = 'rooms' ORDER BY run_id DESC LIMIT ?1"
     ))
     .bind(limit)
     .fetch_all(&mut *tx)
     .await
     .map_err(read_err)?;
     let last_success = sqlx::query_as::<_, RunRow>(&format!(
-        "SELECT {RUN_COLUMNS} FROM sync_runs WHERE status = 'succeeded' ORDER BY run_id DESC LIMIT 1"
+        "SELECT {RUN_COLUMNS} FROM sync_runs WHERE kind = 'rooms' AND status = 'succeeded'
+         ORDER BY run_id DESC LIMIT 1"
     ))
     .fetch_optional(&mut *tx)
     .await
@@ -96,6 +112,10 @@ pub async fn read(db: &Path, limit: u32) -> Result<StatusReport, StatusError> {
             .await
             .map_err(read_err)?;
     let budget = quota::read(&mut tx).await.map_err(read_err)?;
+    let latest_refresh = read_refresh(&mut tx, "").await.map_err(read_err)?;
+    let last_refresh_success = read_refresh(&mut tx, "AND r.status = 'succeeded'")
+        .await
+        .map_err(read_err)?;
     tx.rollback().await.map_err(read_err)?;
     conn.close().await.map_err(read_err)?;
     Ok(StatusReport {
@@ -103,7 +123,25 @@ pub async fn read(db: &Path, limit: u32) -> Result<StatusReport, StatusError> {
         last_success,
         active_rooms,
         budget,
+        latest_refresh,
+        last_refresh_success,
     })
+}
+
+/// The latest availability refresh matching `condition` (an `AND ...` on `r`).
+async fn read_refresh(
+    conn: &mut sqlx::SqliteConnection,
+    condition: &str,
+) -> sqlx::Result<Option<RefreshRow>> {
+    sqlx::query_as(&format!(
+        "SELECT r.run_id, r.status, r.finished_at, r.rooms_seen, r.error,
+                (SELECT COUNT(*) FROM room_schedule_checks AS c
+                 WHERE c.run_id = r.run_id AND c.error IS NOT NULL) AS failed_rooms
+         FROM sync_runs AS r WHERE r.kind = 'availability' {condition}
+         ORDER BY r.run_id DESC LIMIT 1"
+    ))
+    .fetch_optional(conn)
+    .await
 }
 
 /// Seconds between two stored timestamps, or from one to now.
@@ -128,7 +166,86 @@ impl StatusReport {
         self.last_success_age().is_some_and(|age| age < max_age)
     }
 
-    pub fn render(&self, db: &Path, max_age: Duration) -> String {
+    /// Age of the last successful availability refresh, if there is one.
+    pub fn last_refresh_age(&self) -> Option<Duration> {
+        let run = self.last_refresh_success.as_ref()?;
+        seconds_between(run.finished_at.as_deref()?, None).map(Duration::from_secs)
+    }
+
+    /// Whether the availability is fresh enough: a successful refresh younger than `max_age`.
+    pub fn availability_is_fresh(&self, max_age: Duration) -> bool {
+        self.last_refresh_age().is_some_and(|age| age < max_age)
+    }
+
+    /// The line about availability refreshes, when there has been one.
+    fn render_refresh(&self, out: &mut String, max_age: Option<Duration>) {
+        let Some(latest) = &self.latest_refresh else {
+            if let Some(max) = max_age {
+                let _ = writeln!(
+                    out,
+                    "last availability refresh: none: STALE (max age {})",
+                    humantime::format_duration(max)
+                );
+            }
+            return;
+        };
+        let verdict = max_age.map(|max| {
+            let fresh = self.availability_is_fresh(max);
+            format!(
+                ": {} (max age {})",
+                if fresh { "fresh" } else { "STALE" },
+                humantime::format_duration(max)
+            )
+        });
+        let age = |row: &RefreshRow| {
+            seconds_between(row.finished_at.as_deref().unwrap_or(""), None)
+                .map(|s| {
+                    format!(
+                        ", {} ago",
+                        humantime::format_duration(Duration::from_secs(s))
+                    )
+                })
+                .unwrap_or_default()
+        };
+        match &self.last_refresh_success {
+            Some(ok) => {
+                let _ = writeln!(
+                    out,
+                    "last availability refresh: run {} finished {}{} ({} rooms, {} with errors){}",
+                    ok.run_id,
+                    ok.finished_at.as_deref().unwrap_or("?"),
+                    age(ok),
+                    ok.rooms_seen.unwrap_or(0),
+                    ok.failed_rooms,
+                    verdict.unwrap_or_default()
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "last availability refresh: none succeeded{}",
+                    verdict.unwrap_or_default()
+                );
+            }
+        }
+        if latest.status != "succeeded" {
+            let _ = writeln!(
+                out,
+                "latest availability refresh: run {} {}: {}",
+                latest.run_id,
+                latest.status,
+                latest.error.as_deref().unwrap_or("")
+            );
+        }
+    }
+
+    /// The report for people; `availability_max_age` is `--availability-max-age`.
+    pub fn render(
+        &self,
+        db: &Path,
+        max_age: Duration,
+        availability_max_age: Option<Duration>,
+    ) -> String {
         let mut out = String::new();
         let max = humantime::format_duration(max_age);
         let _ = writeln!(out, "database: {}", db.display());
@@ -148,6 +265,7 @@ impl StatusReport {
                 let _ = writeln!(out, "last success: none: STALE (max age {max})");
             }
         }
+        self.render_refresh(&mut out, availability_max_age);
         if let Some(budget) = &self.budget {
             budget.render(&mut out, max_age);
         }

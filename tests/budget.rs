@@ -248,23 +248,7 @@ async fn a_spent_quota_stops_every_request_until_the_next_month() {
         .unwrap();
     standin.set_quota_spent(true);
     let env = paced_env(0, true, free_port()).await;
-    env.point_at(standin.base_url().as_str().trim_end_matches('/'));
-    let config = std::fs::read_to_string(&env.config).unwrap();
-    let config = config
-        .replace(
-            &format!("app_key = \"{APP_KEY}\""),
-            &format!("app_key = \"{}\"", roomsync::standin::APP_KEY),
-        )
-        .replace(
-            &format!("app_secret = \"{SECRET}\""),
-            &format!("app_secret = \"{}\"", roomsync::standin::APP_SECRET),
-        )
-        .replace(
-            &format!("union_id = \"{UNION_ID}\""),
-            &format!("union_id = \"{}\"", roomsync::standin::UNION_ID),
-        )
-        .replace("page_size = 2", "page_size = 100");
-    std::fs::write(&env.config, config).unwrap();
+    env.use_standin(standin.base_url().as_str());
 
     let mut daemon = Daemon::start(&env, &[]);
     until(

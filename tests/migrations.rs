@@ -86,13 +86,19 @@ async fn a_schema_5_mirror_upgrades_with_every_row() {
     assert_eq!(
         keys,
         [
+            "room_busy.room_id -> rooms.room_id",
             "room_changes.run_id -> sync_runs.run_id",
             "room_labels.label_id -> labels.label_id",
             "room_labels.room_id -> rooms.room_id",
+            "room_schedule_checks.room_id -> rooms.room_id",
+            "room_schedule_checks.run_id -> sync_runs.run_id",
             "rooms.group_id -> room_groups.group_id",
             "sync_errors.run_id -> sync_runs.run_id",
         ]
     );
+    // Migration 7's defaults: every earlier run is of the room list, its calls uncounted.
+    assert!(scalar("SELECT DISTINCT kind || '|' || api_calls FROM sync_runs").await == ["rooms|0"]);
+    assert!(scalar("SELECT CAST(COUNT(*) AS TEXT) FROM api_calls").await == ["0"]);
     assert!(scalar("SELECT \"table\" FROM pragma_foreign_key_check")
         .await
         .is_empty());

@@ -29,7 +29,7 @@ _roomsync() {
 
     case "${cmd}" in
         roomsync)
-            opts="-h -V --sync-now --allow-mass-removal --demo --config --help --version stand-in status"
+            opts="-h -V --sync-now --allow-mass-removal --availability-only --demo --config --help --version stand-in status"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -85,7 +85,7 @@ _roomsync() {
             return 0
             ;;
         roomsync__subcmd__status)
-            opts="-h --max-age --runs --config --help"
+            opts="-h --max-age --runs --availability-max-age --config --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -96,6 +96,10 @@ _roomsync() {
                     return 0
                     ;;
                 --runs)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --availability-max-age)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_roomsync_global_optspecs
-    string join \n sync-now allow-mass-removal demo config= h/help V/version
+    string join \n sync-now allow-mass-removal availability-only demo config= h/help V/version
 end
 
 function __fish_roomsync_needs_command
@@ -27,6 +27,7 @@ end
 complete -c roomsync -n "__fish_roomsync_needs_command" -l config -d 'Configuration file [default: $ROOMSYNC_CONFIG, else /etc/roomsync/roomsync.toml]' -r -F
 complete -c roomsync -n "__fish_roomsync_needs_command" -l sync-now -d 'Run one sync now and exit (trigger \'manual\')'
 complete -c roomsync -n "__fish_roomsync_needs_command" -l allow-mass-removal -d 'With --sync-now: let this one run remove more rooms than sync.max_removal_ratio allows'
+complete -c roomsync -n "__fish_roomsync_needs_command" -l availability-only -d 'With --sync-now: refresh the rooms\' availability only, not the room list (needs availability.enabled)'
 complete -c roomsync -n "__fish_roomsync_needs_command" -l demo -d 'Sync a generated organisation from a built-in stand-in DingTalk API into ./roomsync-demo.db; needs no config file and no credentials'
 complete -c roomsync -n "__fish_roomsync_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c roomsync -n "__fish_roomsync_needs_command" -s V -l version -d 'Print version'
@@ -41,5 +42,6 @@ complete -c roomsync -n "__fish_roomsync_using_subcommand stand-in" -l config -d
 complete -c roomsync -n "__fish_roomsync_using_subcommand stand-in" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c roomsync -n "__fish_roomsync_using_subcommand status" -l max-age -d 'Oldest acceptable last success, e.g. 90m, 2h, 1day' -r
 complete -c roomsync -n "__fish_roomsync_using_subcommand status" -l runs -d 'How many of the latest runs to list' -r
+complete -c roomsync -n "__fish_roomsync_using_subcommand status" -l availability-max-age -d 'Also exit 1 when the last successful availability refresh is older than this (or there is none); unchecked when absent' -r
 complete -c roomsync -n "__fish_roomsync_using_subcommand status" -l config -d 'Configuration file [default: $ROOMSYNC_CONFIG, else /etc/roomsync/roomsync.toml]' -r -F
 complete -c roomsync -n "__fish_roomsync_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'

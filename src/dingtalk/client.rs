@@ -18,6 +18,7 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use super::model::{parse_json, GroupListResponse, RoomListPage, TokenResponse};
+use super::schedule::{ScheduleAnswer, ScheduleQuery};
 use crate::config::DingTalkSettings;
 use crate::failure::{codes, Failure, Redactor, Stage};
 use crate::metrics::{HttpOutcome, Metrics};
@@ -38,6 +39,8 @@ pub mod endpoints {
     pub const TOKEN: &str = "/v1.0/oauth2/accessToken";
     pub const ROOM_LIST: &str = "/v1.0/rooms/meetingRoomLists";
     pub const GROUP_LIST: &str = "/v1.0/rooms/groupLists";
+    /// Free/busy of rooms; the path names the operator (`{unionId}`), left out of the counts.
+    pub const ROOM_SCHEDULES: &str = "/v1.0/calendar/users/{unionId}/meetingRooms/schedules/query";
 }
 
 /// What the process keeps of the DingTalk API across runs: the connection pool, the rate
@@ -207,6 +210,43 @@ impl DingTalkClient {
         url: Url,
         page: Option<u32>,
     ) -> Result<T, Failure> {
+        self.call_json(endpoint, page, |http| http.get(url.clone()))
+            .await
+    }
+
+    /// Free/busy of `room_ids` over `[start_time, end_time)` (`yyyy-MM-ddTHH:mmZ`), asked as the
+    /// configured unionId. Its failures are counted and retried like the room list's.
+    #[tracing::instrument(skip_all, fields(rooms = room_ids.len()))]
+    pub async fn room_schedules(
+        &self,
+        room_ids: &[String],
+        start_time: &str,
+        end_time: &str,
+    ) -> Result<ScheduleAnswer, Failure> {
+        let mut url = self.endpoint("/v1.0/calendar/users");
+        url.path_segments_mut()
+            .expect("an http(s) URL has path segments")
+            .push(&self.api.cfg.union_id)
+            .extend(["meetingRooms", "schedules", "query"]);
+        let body = ScheduleQuery {
+            room_ids,
+            start_time,
+            end_time,
+        };
+        self.call_json(endpoints::ROOM_SCHEDULES, None, |http| {
+            http.post(url.clone()).json(&body)
+        })
+        .await
+    }
+
+    /// One logical request with its token, its retries and its re-authentication: `build`
+    /// makes each attempt's request, the token header is added to it.
+    async fn call_json<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        page: Option<u32>,
+        build: impl Fn(&reqwest::Client) -> RequestBuilder,
+    ) -> Result<T, Failure> {
         let mut attempts = Attempts {
             made: 0,
             reauthed: false,
@@ -215,21 +255,10 @@ impl DingTalkClient {
             let token = self.access_token().await?;
             let result = match token_header(&token) {
                 Ok(header) => {
-                    let request = self.api.http.get(url.clone()).header(TOKEN_HEADER, header);
+                    let request = build(&self.api.http).header(TOKEN_HEADER, header);
                     self.attempt(endpoint, request, Stage::Fetch)
                         .await
-                        .and_then(|body| {
-                            parse_json::<T>(&body).map_err(|e| {
-                                AttemptError::new(
-                                    Verdict::Fatal,
-                                    Failure::new(
-                                        Stage::Validate,
-                                        codes::BAD_RESPONSE,
-                                        e.to_string(),
-                                    ),
-                                )
-                            })
-                        })
+                        .and_then(|body| parse_body(&body))
                 }
                 Err(e) => Err(e),
             };
@@ -511,6 +540,16 @@ fn legacy_error(
         ..Failure::new(stage, &code.to_string(), message)
     };
     Some(AttemptError::new(verdict, failure))
+}
+
+/// A successful answer's JSON; its wrong shape is final.
+fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, AttemptError> {
+    parse_json::<T>(body).map_err(|e| {
+        AttemptError::new(
+            Verdict::Fatal,
+            Failure::new(Stage::Validate, codes::BAD_RESPONSE, e.to_string()),
+        )
+    })
 }
 
 /// How a failed attempt counts in `roomsync_http_requests_total`.

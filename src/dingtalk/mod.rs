@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod model;
+pub mod schedule;
 
 pub use client::{endpoints, DingTalkApi, DingTalkClient, Observer};
 pub use model::{Group, Label, Room, RoomListPage};

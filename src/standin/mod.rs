@@ -1,9 +1,11 @@
 //! A stand-in for the DingTalk API on a loopback port: try roomsync without credentials
 //! (`roomsync --demo`), benchmark it on large organisations, and test it where wiremock gets
 //! unwieldy. It serves the token endpoint, `meetingRoomLists` (cursor pagination, DingTalk's
-//! error shapes) and `groupLists` for a generated organisation ([`OrgSpec`]).
+//! error shapes), `groupLists` and the rooms' free/busy for a generated organisation
+//! ([`OrgSpec`]).
 
 pub mod org;
+mod schedules;
 mod server;
 pub mod standalone;
 
@@ -76,6 +78,8 @@ pub struct RequestCounts {
     pub tokens: u64,
     pub pages: u64,
     pub group_lists: u64,
+    /// Free/busy requests.
+    pub schedules: u64,
 }
 
 /// A running stand-in; stops when dropped or with [`StandIn::stop`].
@@ -133,6 +137,15 @@ impl StandIn {
         self.shared.quota_spent.store(spent, Ordering::Relaxed);
     }
 
+    /// The next `times` free/busy answers are replaced by `kind`.
+    pub fn add_schedule_fault(&self, times: u32, kind: FaultKind) {
+        self.shared
+            .schedule_faults
+            .lock()
+            .expect("not poisoned")
+            .push((times, kind));
+    }
+
     pub fn add_fault(&self, fault: Fault) {
         self.shared.faults.lock().expect("not poisoned").push(fault);
     }
@@ -143,6 +156,7 @@ impl StandIn {
             tokens: c.token_requests.load(Ordering::Relaxed),
             pages: c.page_requests.load(Ordering::Relaxed),
             group_lists: c.group_requests.load(Ordering::Relaxed),
+            schedules: c.schedule_requests.load(Ordering::Relaxed),
         }
     }
 

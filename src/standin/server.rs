@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::org::OrgSpec;
+use super::schedules;
 use super::{Fault, FaultKind, StandInConfig};
 
 pub(super) struct Shared {
@@ -24,6 +25,8 @@ pub(super) struct Shared {
     pub union_id: String,
     pub page_latency: Duration,
     pub faults: Mutex<Vec<Fault>>,
+    /// Scripted faults of the free/busy endpoint: each replaces that many answers.
+    pub schedule_faults: Mutex<Vec<(u32, FaultKind)>>,
     pub tokens: Mutex<TokenState>,
     pub counts: Counters,
     /// Answer every metered request as DingTalk does once the organisation's monthly quota
@@ -36,6 +39,7 @@ pub struct Counters {
     pub token_requests: AtomicU64,
     pub page_requests: AtomicU64,
     pub group_requests: AtomicU64,
+    pub schedule_requests: AtomicU64,
 }
 
 pub(super) struct TokenState {
@@ -55,6 +59,7 @@ impl Shared {
             union_id: config.union_id,
             page_latency: config.page_latency,
             faults: Mutex::new(config.faults),
+            schedule_faults: Mutex::new(Vec::new()),
             tokens: Mutex::new(TokenState {
                 current: None,
                 issued: 0,
@@ -72,6 +77,10 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1.0/oauth2/accessToken", post(access_token))
         .route("/v1.0/rooms/meetingRoomLists", get(room_list))
         .route("/v1.0/rooms/groupLists", get(group_list))
+        .route(
+            "/v1.0/calendar/users/{user_id}/meetingRooms/schedules/query",
+            post(room_schedules),
+        )
         .with_state(shared)
 }
 
@@ -282,6 +291,81 @@ async fn group_list(
     let org = *s.org.read().expect("not poisoned");
     let mut body = serde_json::to_vec(&json!({"result": org.groups()})).expect("serializable");
     if matches!(fault.map(|f| f.kind), Some(FaultKind::TruncatedBody)) {
+        body.truncate(body.len() / 2);
+    }
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Free/busy of the rooms asked for, answered `page_latency` after the request came in.
+async fn room_schedules(
+    State(s): State<Arc<Shared>>,
+    axum::extract::Path(user_id): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<schedules::QueryBody>>,
+) -> Response {
+    let answer_at = tokio::time::Instant::now() + s.page_latency;
+    let response = build_schedules(&s, &user_id, &headers, body.map(|Json(b)| b));
+    wait_until(answer_at).await;
+    response
+}
+
+fn build_schedules(
+    s: &Shared,
+    user_id: &str,
+    headers: &HeaderMap,
+    body: Option<schedules::QueryBody>,
+) -> Response {
+    s.counts.schedule_requests.fetch_add(1, Ordering::Relaxed);
+    if let Some(r) = quota_spent(s) {
+        return r;
+    }
+    if let Err(r) = check_token(s, headers) {
+        return r.into_response();
+    }
+    if user_id != s.union_id {
+        return dingtalk_error(
+            StatusCode::BAD_REQUEST,
+            "user.not.employee",
+            "User Not Employee",
+        );
+    }
+    let fault = {
+        let mut faults = s.schedule_faults.lock().expect("not poisoned");
+        let fault = faults.iter_mut().find(|(times, _)| *times > 0);
+        fault.map(|(times, kind)| {
+            *times -= 1;
+            kind.clone()
+        })
+    };
+    if let Some(kind) = &fault {
+        let scripted = Fault {
+            page: None,
+            times: 1,
+            kind: kind.clone(),
+        };
+        if let Some(r) = fault_response(&scripted) {
+            return r;
+        }
+    }
+    let Some(body) = body else {
+        return dingtalk_error(
+            StatusCode::BAD_REQUEST,
+            "param.error",
+            "the body must be JSON",
+        );
+    };
+    let (start, rooms) = match schedules::check(&body) {
+        Ok(checked) => checked,
+        Err(message) => return dingtalk_error(StatusCode::BAD_REQUEST, "param.error", message),
+    };
+    let org_rooms = s.org.read().expect("not poisoned").rooms;
+    let information: Vec<serde_json::Value> = rooms
+        .iter()
+        .map(|id| schedules::room_schedule(id, org_rooms, start))
+        .collect();
+    let mut body =
+        serde_json::to_vec(&json!({"scheduleInformation": information})).expect("serializable");
+    if matches!(fault, Some(FaultKind::TruncatedBody)) {
         body.truncate(body.len() / 2);
     }
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()

@@ -3,6 +3,7 @@
 //! all-or-nothing apply in [`staging`] and [`apply`].
 
 pub mod apply;
+pub mod availability;
 pub mod budget;
 pub mod fingerprints;
 pub mod runs;
@@ -288,6 +289,8 @@ mod tests {
             (4, "9cbba6d118ff93f6"),
             (5, "5e8f79bb8cb85f25"),
             (6, "bd746068ea3fd7c7"),
+            (7, "3aaa1b4dc754d772"),
+            (8, "94025a20003dc053"),
         ];
         for (version, checksum) in released {
             let migration = MIGRATOR

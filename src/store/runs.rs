@@ -26,6 +26,25 @@ impl Trigger {
     }
 }
 
+/// What a run does (`sync_runs.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunKind {
+    /// The room list.
+    Rooms,
+    /// A refresh of the rooms' free/busy.
+    Availability,
+}
+
+impl RunKind {
+    /// The value stored in `sync_runs.kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunKind::Rooms => "rooms",
+            RunKind::Availability => "availability",
+        }
+    }
+}
+
 /// How a run ended (`sync_runs.status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunStatus {
@@ -75,7 +94,7 @@ pub async fn close_abandoned_runs(pool: &SqlitePool) -> sqlx::Result<u64> {
 /// apply. Once the WAL is copied back whole, this insert restarts it from the beginning and
 /// SQLite trims the file to `journal_size_limit` ([`super::WAL_SIZE_LIMIT`]). A checkpoint that
 /// cannot finish (a reader, Litestream's read lock) leaves the WAL as it is; that is no error.
-pub async fn start_run(pool: &SqlitePool, trigger: Trigger) -> sqlx::Result<i64> {
+pub async fn start_run(pool: &SqlitePool, kind: RunKind, trigger: Trigger) -> sqlx::Result<i64> {
     let mut conn = pool.acquire().await?;
     if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
         .execute(&mut *conn)
@@ -84,8 +103,9 @@ pub async fn start_run(pool: &SqlitePool, trigger: Trigger) -> sqlx::Result<i64>
         tracing::debug!(error = %e, "checkpoint before the run failed");
     }
     let done = sqlx::query(
-        "INSERT INTO sync_runs (trigger, started_at, status) VALUES (?1, ?2, 'running')",
+        "INSERT INTO sync_runs (kind, trigger, started_at, status) VALUES (?1, ?2, ?3, 'running')",
     )
+    .bind(kind.as_str())
     .bind(trigger.as_str())
     .bind(now_rfc3339())
     .execute(&mut *conn)
@@ -204,21 +224,24 @@ pub async fn insert_error(
 /// What the metrics show of the mirror: the last run's and the last success's finish, and the
 /// rooms, active and removed.
 pub async fn mirror_gauges(pool: &SqlitePool) -> sqlx::Result<MirrorGauges> {
-    let (last_run, last_success, active, removed): (Option<String>, Option<String>, i64, i64) =
-        sqlx::query_as(
-            "SELECT (SELECT finished_at FROM sync_runs WHERE finished_at IS NOT NULL
-                     ORDER BY run_id DESC LIMIT 1),
-                    (SELECT finished_at FROM sync_runs WHERE status = 'succeeded'
-                     ORDER BY run_id DESC LIMIT 1),
-                    (SELECT COUNT(*) FROM rooms WHERE removed_at IS NULL),
-                    (SELECT COUNT(*) FROM rooms WHERE removed_at IS NOT NULL)",
-        )
-        .fetch_one(pool)
-        .await?;
+    type Row = (Option<String>, Option<String>, Option<String>, i64, i64);
+    let (last_run, last_success, last_availability, active, removed): Row = sqlx::query_as(
+        "SELECT (SELECT finished_at FROM sync_runs WHERE kind = 'rooms' AND finished_at IS NOT NULL
+                 ORDER BY run_id DESC LIMIT 1),
+                (SELECT finished_at FROM sync_runs WHERE kind = 'rooms' AND status = 'succeeded'
+                 ORDER BY run_id DESC LIMIT 1),
+                (SELECT finished_at FROM sync_runs WHERE kind = 'availability'
+                 AND status = 'succeeded' ORDER BY run_id DESC LIMIT 1),
+                (SELECT COUNT(*) FROM rooms WHERE removed_at IS NULL),
+                (SELECT COUNT(*) FROM rooms WHERE removed_at IS NOT NULL)",
+    )
+    .fetch_one(pool)
+    .await?;
     let time = |t: Option<String>| t.and_then(|t| humantime::parse_rfc3339(&t).ok());
     Ok(MirrorGauges {
         last_run: time(last_run),
         last_success: time(last_success),
+        last_availability: time(last_availability),
         active_rooms: active,
         removed_rooms: removed,
     })

@@ -10,6 +10,7 @@
 //! Every error is recorded in `sync_errors` as it happens. A failed or interrupted run changes
 //! no data row.
 
+mod availability;
 mod fetch;
 mod ledger;
 mod runner;
@@ -36,7 +37,7 @@ use crate::lock::SyncLock;
 use crate::metrics::Metrics;
 use crate::store::apply::ApplyCounts;
 use crate::store::budget::RunCalls;
-use crate::store::runs::{self, RunStatus, Trigger};
+use crate::store::runs::{self, RunKind, RunStatus, Trigger};
 use crate::store::{Store, StoreError};
 
 /// How a run was asked for.
@@ -51,6 +52,7 @@ pub struct SyncOptions {
 #[derive(Debug, Clone)]
 pub struct RunReport {
     pub run_id: i64,
+    pub kind: RunKind,
     pub trigger: Trigger,
     pub status: RunStatus,
     pub pages_fetched: u32,
@@ -61,9 +63,41 @@ pub struct RunReport {
     pub error: Option<String>,
     /// Parts of records left out (recorded only when the run applied).
     pub warnings: u64,
+    /// An availability refresh that applied: the rooms it asked about, and how many of them
+    /// could not be read.
+    pub checked: Option<CheckedRooms>,
     /// Why the end of the run could not be recorded (it stays `running` until the next run
     /// marks it interrupted), when it could not: a full disk, say.
     pub end_not_recorded: Option<String>,
+}
+
+/// The rooms an availability refresh asked about.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckedRooms {
+    pub rooms: u64,
+    /// Of them, those answered with an error (or in a request that failed): they keep their
+    /// previous busy rows.
+    pub failed: u64,
+}
+
+impl RunReport {
+    /// A run that ended before it applied anything.
+    fn unapplied(record: &RunRecord, status: RunStatus, error: String) -> RunReport {
+        RunReport {
+            run_id: record.run_id,
+            kind: record.kind,
+            trigger: record.trigger,
+            status,
+            pages_fetched: 0,
+            rooms_seen: None,
+            counts: None,
+            duration: record.started.elapsed(),
+            error: Some(error),
+            warnings: 0,
+            checked: None,
+            end_not_recorded: None,
+        }
+    }
 }
 
 /// Why a run did not take place, or could not be recorded.
@@ -92,6 +126,10 @@ impl fmt::Display for RunReport {
     /// The one-line summary printed and logged at the end of every run.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let secs = self.duration.as_secs_f64();
+        if self.kind == RunKind::Availability {
+            self.fmt_refresh(f)?;
+            return self.fmt_end_not_recorded(f);
+        }
         match (&self.counts, &self.error) {
             (Some(c), _) => write!(
                 f,
@@ -103,11 +141,7 @@ impl fmt::Display for RunReport {
                 c.added,
                 c.updated,
                 c.removed,
-                match self.warnings {
-                    0 => String::new(),
-                    1 => ", 1 warning".to_string(),
-                    n => format!(", {n} warnings"),
-                }
+                warnings_text(self.warnings)
             ),
             (None, error) => write!(
                 f,
@@ -119,6 +153,45 @@ impl fmt::Display for RunReport {
                 error.as_deref().unwrap_or("no error recorded")
             ),
         }?;
+        self.fmt_end_not_recorded(f)
+    }
+}
+
+fn warnings_text(warnings: u64) -> String {
+    match warnings {
+        0 => String::new(),
+        1 => ", 1 warning".to_string(),
+        n => format!(", {n} warnings"),
+    }
+}
+
+impl RunReport {
+    /// `availability refresh 13 succeeded: 13 requests, 250 rooms, 3 with errors in 0.81s`.
+    fn fmt_refresh(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.duration.as_secs_f64();
+        match (&self.checked, &self.error) {
+            (Some(c), _) => write!(
+                f,
+                "availability refresh {} {}: {} requests, {} rooms, {} with errors{} in {secs:.2}s",
+                self.run_id,
+                self.status.as_str(),
+                self.pages_fetched,
+                c.rooms,
+                c.failed,
+                warnings_text(self.warnings)
+            ),
+            (None, error) => write!(
+                f,
+                "availability refresh {} {} after {secs:.2}s ({} requests): {}",
+                self.run_id,
+                self.status.as_str(),
+                self.pages_fetched,
+                error.as_deref().unwrap_or("no error recorded")
+            ),
+        }
+    }
+
+    fn fmt_end_not_recorded(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(why) = &self.end_not_recorded {
             write!(
                 f,
@@ -145,6 +218,48 @@ async fn run_sync(
     options: SyncOptions,
     shutdown: CancellationToken,
 ) -> Result<RunReport, RunError> {
+    let start = start_recorded(runner, store, RunKind::Rooms, options.trigger).await?;
+    let run = Run {
+        pool: store.pool().clone(),
+        runner,
+        client: runner.api().client(start.failures.observer()),
+        options,
+        run_id: start.run_id,
+        shutdown,
+        failures: start.failures,
+    };
+    let body = run.execute(start.recorder, start.started);
+    Ok(guarded(runner, store, &start.record, body).await)
+}
+
+/// A run recorded as started, with what its body needs.
+struct Started {
+    run_id: i64,
+    started: Instant,
+    failures: FailureLog,
+    /// The task writing the run's failures as they come.
+    recorder: JoinHandle<Vec<Failure>>,
+    record: RunRecord,
+}
+
+/// What identifies a run in its records and logs.
+#[derive(Clone)]
+struct RunRecord {
+    run_id: i64,
+    kind: RunKind,
+    trigger: Trigger,
+    started: Instant,
+    span: tracing::Span,
+}
+
+/// Marks runs a killed process left `running` as interrupted, records the new run, and starts
+/// its failure log, in the run's span.
+async fn start_recorded(
+    runner: &Runner,
+    store: &Store,
+    kind: RunKind,
+    trigger: Trigger,
+) -> Result<Started, RunError> {
     let started = Instant::now();
     let pool = store.pool();
     let record_err = |source| RunError::Record {
@@ -158,34 +273,53 @@ async fn run_sync(
             "marked runs left 'running' by a stopped process as interrupted"
         );
     }
-    let run_id = runs::start_run(pool, options.trigger)
+    let run_id = runs::start_run(pool, kind, trigger)
         .await
         .map_err(record_err)?;
-    let span = tracing::info_span!("sync_run", run_id, trigger = options.trigger.as_str());
+    let span = match kind {
+        RunKind::Rooms => tracing::info_span!("sync_run", run_id, trigger = trigger.as_str()),
+        RunKind::Availability => {
+            tracing::info_span!("availability_refresh", run_id, trigger = trigger.as_str())
+        }
+    };
     // The recorder task carries the run's span, as every task of the run does.
     let redactor = runner.api().redactor().clone();
     let metrics = runner.metrics().clone();
-    let (failures, recorder) = span
-        .in_scope(|| FailureLog::start(pool.clone(), run_id, redactor.clone(), metrics.clone()));
-    let run = Run {
-        pool: pool.clone(),
-        runner,
-        client: runner.api().client(failures.observer()),
-        options,
+    let (failures, recorder) =
+        span.in_scope(|| FailureLog::start(pool.clone(), run_id, redactor, metrics));
+    Ok(Started {
         run_id,
-        shutdown,
+        started,
         failures,
-    };
-    // A panic is a bug, but it must not take the process (or the daemon's schedule) with it:
-    // the run is recorded failed and the caller goes on. Release builds keep unwinding for this.
-    let execution = AssertUnwindSafe(run.execute(recorder, started))
+        recorder,
+        record: RunRecord {
+            run_id,
+            kind,
+            trigger,
+            started,
+            span,
+        },
+    })
+}
+
+/// Runs a run's `body` in its span. A panic is a bug, but it must not take the process (or
+/// the daemon's schedule) with it: the run is recorded failed and the caller goes on. Release
+/// builds keep unwinding for this.
+async fn guarded(
+    runner: &Runner,
+    store: &Store,
+    record: &RunRecord,
+    body: impl std::future::Future<Output = RunReport>,
+) -> RunReport {
+    let span = record.span.clone();
+    let execution = AssertUnwindSafe(body)
         .catch_unwind()
         .instrument(span.clone())
         .await;
     let report = match execution {
         Ok(report) => report,
         Err(panic) => {
-            let failure = redactor.failure(Failure::new(
+            let failure = runner.api().redactor().failure(Failure::new(
                 Stage::Internal,
                 codes::PANIC,
                 format!(
@@ -193,13 +327,13 @@ async fn run_sync(
                     panic_message(panic.as_ref())
                 ),
             ));
-            metrics.sync_error(codes::PANIC);
-            let report = record_panic(pool, run_id, options.trigger, failure, started);
+            runner.metrics().sync_error(codes::PANIC);
+            let report = record_panic(store.pool(), record, failure);
             report.instrument(span.clone()).await
         }
     };
     span.in_scope(|| log_summary(&report));
-    Ok(report)
+    report
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
@@ -211,13 +345,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
 }
 
 /// Records a run that panicked as failed, with its `internal.panic` error.
-async fn record_panic(
-    pool: &SqlitePool,
-    run_id: i64,
-    trigger: Trigger,
-    failure: Failure,
-    started: Instant,
-) -> RunReport {
+async fn record_panic(pool: &SqlitePool, record: &RunRecord, failure: Failure) -> RunReport {
     tracing::error!(error = %failure, "a sync run panicked");
     let error = failure.to_string();
     let end = runs::UnappliedEnd {
@@ -228,21 +356,13 @@ async fn record_panic(
         calls: &RunCalls::default(),
         exhausted_until: None,
     };
-    let recorded = runs::end_run_unapplied(pool, run_id, &end, &[failure]).await;
+    let recorded = runs::end_run_unapplied(pool, record.run_id, &end, &[failure]).await;
     if let Err(e) = &recorded {
         tracing::error!(error = %e, "could not record the end of the run");
     }
     RunReport {
-        run_id,
-        trigger,
-        status: RunStatus::Failed,
-        pages_fetched: 0,
-        rooms_seen: None,
-        counts: None,
-        duration: started.elapsed(),
-        error: Some(error),
-        warnings: 0,
         end_not_recorded: recorded.err().map(|e| e.to_string()),
+        ..RunReport::unapplied(record, RunStatus::Failed, error)
     }
 }
 
@@ -308,7 +428,9 @@ impl Run<'_> {
         };
         RunReport {
             run_id,
+            kind: RunKind::Rooms,
             trigger: options.trigger,
+            checked: None,
             status: ending.status,
             pages_fetched: progress.pages,
             rooms_seen: ending.counts.map(|c| c.seen).or(progress.rooms_seen),

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::availability::run_refresh;
 use super::{run_sync, RunError, RunReport, SyncOptions};
 use crate::budget::FIRST_RUN_COST;
 use crate::config::Settings;
@@ -16,8 +17,9 @@ use crate::dingtalk::{DingTalkApi, DingTalkClient};
 use crate::lock::{lock_path, SyncLock};
 use crate::metrics::{FinishedRun, Metrics};
 use crate::notify::{Notifier, RunNotice};
+use crate::store::availability::rooms_in_scope;
 use crate::store::budget::{self as store_budget, BudgetRecord, RunCalls};
-use crate::store::runs::{self, RunStatus, Trigger};
+use crate::store::runs::{self, RunKind, RunStatus, Trigger};
 use crate::store::Store;
 
 /// Why a run should not start now.
@@ -111,7 +113,7 @@ impl Runner {
         if options.trigger == Trigger::Manual {
             // The operator asked: the run goes ahead, said to be over budget when it is.
             self.record_budget(&store).await;
-            if let Err(held) = self.budget_allows(&store, "rooms").await {
+            if let Err(held) = self.budget_allows(&store, RunKind::Rooms).await {
                 tracing::warn!("{}; --sync-now runs anyway", held.message());
             }
         }
@@ -141,6 +143,49 @@ impl Runner {
     ) -> Result<RunReport, RunError> {
         self.record_budget(store).await;
         let report = run_sync(self, store, lock, options, shutdown).await?;
+        self.after_run(store, &report).await;
+        Ok(report)
+    }
+
+    /// One availability refresh as a one-shot process does it: lock, open, refresh, close.
+    pub async fn refresh_once(
+        &self,
+        trigger: Trigger,
+        shutdown: CancellationToken,
+    ) -> Result<RunReport, RunError> {
+        let lock = self.take_lock()?;
+        let store = Store::open(&self.settings.database.path).await?;
+        if trigger == Trigger::Manual {
+            self.record_budget(&store).await;
+            if let Err(held) = self.budget_allows(&store, RunKind::Availability).await {
+                tracing::warn!("{}; --sync-now runs anyway", held.message());
+            }
+        }
+        let report = self.refresh_locked(&store, &lock, trigger, shutdown).await;
+        store.close().await;
+        report
+    }
+
+    /// One availability refresh on a database kept open (the daemon's).
+    pub async fn refresh_on(
+        &self,
+        store: &Store,
+        trigger: Trigger,
+        shutdown: CancellationToken,
+    ) -> Result<RunReport, RunError> {
+        let lock = self.take_lock()?;
+        self.refresh_locked(store, &lock, trigger, shutdown).await
+    }
+
+    async fn refresh_locked(
+        &self,
+        store: &Store,
+        lock: &SyncLock,
+        trigger: Trigger,
+        shutdown: CancellationToken,
+    ) -> Result<RunReport, RunError> {
+        self.record_budget(store).await;
+        let report = run_refresh(self, store, lock, trigger, shutdown).await?;
         self.after_run(store, &report).await;
         Ok(report)
     }
@@ -240,7 +285,7 @@ impl Runner {
     /// Whether the budget lets a run of `kind` start now: the month's calls plus its estimated
     /// cost (the last run of its kind, or [`FIRST_RUN_COST`]) under the even-spending line
     /// plus that cost, and DingTalk's quota not spent. `Err` says why not.
-    pub async fn budget_allows(&self, store: &Store, kind: &str) -> Result<(), HeldBack> {
+    pub async fn budget_allows(&self, store: &Store, kind: RunKind) -> Result<(), HeldBack> {
         if let Some(until) = self.quota_spent_until() {
             return Err(HeldBack::QuotaSpent(format!(
                 "DingTalk's monthly API quota is spent until {}",
@@ -256,7 +301,10 @@ impl Runner {
         let spent = async {
             let mut conn = store.pool().acquire().await?;
             let calls = store_budget::month_calls(&mut conn, &pace.month).await?;
-            let cost = store_budget::last_run_cost(&mut conn, kind).await?;
+            let cost = match kind {
+                RunKind::Rooms => store_budget::last_run_cost(&mut conn, kind.as_str()).await?,
+                RunKind::Availability => Some(self.refresh_cost(store).await?),
+            };
             Ok::<_, sqlx::Error>((
                 calls.iter().map(|c| c.calls.max(0) as u64).sum::<u64>(),
                 cost,
@@ -281,6 +329,13 @@ impl Runner {
         }
     }
 
+    /// What a refresh costs: one call per batch of `rooms_per_request` rooms in scope.
+    async fn refresh_cost(&self, store: &Store) -> sqlx::Result<u64> {
+        let settings = &self.settings.availability;
+        let rooms = rooms_in_scope(store.pool(), &settings.only_groups).await?;
+        Ok((rooms.len() as u64).div_ceil(u64::from(settings.rooms_per_request)))
+    }
+
     /// Sets the gauges of the mirror from the database (the daemon at start, and after every
     /// run): the last run and success survive a restart.
     pub async fn read_mirror_gauges(&self, store: &Store) {
@@ -302,6 +357,7 @@ impl Runner {
             ("restored", counts.restored),
         ];
         self.metrics.run_finished(&FinishedRun {
+            kind: report.kind.as_str(),
             trigger: report.trigger.as_str(),
             status: report.status.as_str(),
             duration: report.duration,
@@ -322,7 +378,11 @@ impl Runner {
                 tracing::warn!(error = %e, path = %path.display(), "could not write the metrics textfile");
             }
         }
-        if let Some(notifier) = &self.notifier {
+        if let Some(notifier) = self
+            .notifier
+            .as_ref()
+            .filter(|_| report.kind == RunKind::Rooms)
+        {
             let notice = self.notice(store, report).await;
             if notifier.wants(&notice) {
                 let notifier = notifier.clone();

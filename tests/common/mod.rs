@@ -113,6 +113,28 @@ impl TestEnv {
         .unwrap();
     }
 
+    /// Points the config at a running stand-in: its address and credentials, pages of 100.
+    pub fn use_standin(&self, base_url: &str) {
+        self.point_at(base_url.trim_end_matches('/'));
+        let config = std::fs::read_to_string(&self.config).unwrap();
+        let config = config
+            .replace(
+                &format!("app_key = \"{APP_KEY}\""),
+                &format!("app_key = \"{}\"", roomsync::standin::APP_KEY),
+            )
+            .replace(
+                &format!("app_secret = \"{SECRET}\""),
+                &format!("app_secret = \"{}\"", roomsync::standin::APP_SECRET),
+            )
+            .replace(
+                &format!("union_id = \"{UNION_ID}\""),
+                &format!("union_id = \"{}\"", roomsync::standin::UNION_ID),
+            )
+            .replace("page_size = 2", "page_size = 100");
+        std::fs::write(&self.config, config).unwrap();
+        self.page_size.set(100);
+    }
+
     /// Points the config at `base_url` instead of the mock server.
     pub fn point_at(&self, base_url: &str) {
         let text = std::fs::read_to_string(&self.config).unwrap();
