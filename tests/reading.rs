@@ -132,7 +132,97 @@ fn every_documented_example_is_checked() {
             "changes-since",
             "rooms-per-label",
             "empty-groups",
+            "free-projector-rooms-next-hour",
+            "next-bookings",
+            "stale-schedules",
             "freshness"
+        ]
+    );
+}
+
+/// `now` plus `minutes`, as stored (to the second).
+fn at(now: std::time::SystemTime, minutes: i64) -> String {
+    let shift = std::time::Duration::from_secs(minutes.unsigned_abs() * 60);
+    let t = if minutes >= 0 {
+        now + shift
+    } else {
+        now - shift
+    };
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+#[tokio::test]
+async fn availability_examples_give_the_expected_answers() {
+    let env = TestEnv::with("", "[availability]\nenabled = true").await;
+    serve(&env, fixture_rooms(), groups()).await;
+    assert_eq!(env.sync().await.status.as_str(), "succeeded");
+    let now = std::time::SystemTime::now();
+    let item = |from: i64, to: i64| {
+        json!({"status": "BUSY", "organizer": {"id": "u1"},
+        "start": {"dateTime": at(now, from)}, "end": {"dateTime": at(now, to)}})
+    };
+    // Alpha busy now; Delta free for 30 minutes only; Gamma (not open to all) free; Epsilon in
+    // Building 8; Zeta has no projector; Beta's schedule could not be read.
+    let schedules = json!({"scheduleInformation": [
+        {"roomId": "a", "scheduleItems": [item(-10, 20), item(30, 60), item(90, 120), item(200, 210)]},
+        {"roomId": "b", "error": "no permission"},
+        {"roomId": "c", "scheduleItems": []},
+        {"roomId": "d", "scheduleItems": [item(30, 90)]},
+        {"roomId": "e", "scheduleItems": []},
+        {"roomId": "f", "scheduleItems": []},
+    ]});
+    Mock::given(method("POST"))
+        .and(path(
+            "/v1.0/calendar/users/union-0042/meetingRooms/schedules/query",
+        ))
+        .respond_with(ResponseTemplate::new(200).set_body_json(schedules))
+        .mount(&env.server)
+        .await;
+    let runner =
+        roomsync::sync::Runner::new(env.settings(), roomsync::metrics::Metrics::new()).unwrap();
+    let trigger = roomsync::store::runs::Trigger::Manual;
+    let report = runner
+        .refresh_once(trigger, Default::default())
+        .await
+        .unwrap();
+    assert_eq!(report.status.as_str(), "succeeded", "{report}");
+
+    let window_end = env
+        .rows("SELECT window_end_at FROM room_schedule_checks WHERE room_id = 'c'")
+        .await
+        .pop()
+        .unwrap();
+    assert_eq!(
+        run_example(
+            &env,
+            "free-projector-rooms-next-hour",
+            &["Campus 1 / Building 7"]
+        )
+        .await,
+        vec![format!("c|Gamma|{window_end}")]
+    );
+    assert_eq!(
+        run_example(&env, "next-bookings", &["a"]).await,
+        vec![
+            format!("{}|{}|BUSY|u1", at(now, -10), at(now, 20)),
+            format!("{}|{}|BUSY|u1", at(now, 30), at(now, 60)),
+            format!("{}|{}|BUSY|u1", at(now, 90), at(now, 120)),
+        ]
+    );
+    assert_eq!(
+        run_example(&env, "stale-schedules", &[]).await,
+        vec!["b|Beta|NULL|no permission"]
+    );
+    write_sql(
+        &env.db,
+        "UPDATE room_schedule_checks SET checked_at = '2000-01-01T00:00:00Z' WHERE room_id = 'f'",
+    )
+    .await;
+    assert_eq!(
+        run_example(&env, "stale-schedules", &[]).await,
+        vec![
+            "b|Beta|NULL|no permission".to_string(),
+            "f|Zeta|2000-01-01T00:00:00Z|NULL".to_string()
         ]
     );
 }

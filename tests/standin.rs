@@ -240,9 +240,22 @@ fn the_demo_needs_nothing_but_a_directory() {
         stdout.starts_with("sync run 1 succeeded: 30 pages, rooms seen 3000, added 3000"),
         "{stdout}"
     );
-    assert_eq!(stdout.matches("sqlite3 -readonly").count(), 3, "{stdout}");
+    let refresh = stdout.lines().nth(1).unwrap_or_default();
+    assert!(
+        refresh.starts_with("availability refresh 2 succeeded: 150 requests, 3000 rooms"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("FROM room_availability WHERE busy_now = 0"));
+    assert_eq!(stdout.matches("sqlite3 -readonly").count(), 4, "{stdout}");
     assert!(dir.path().join("roomsync-demo.db").exists());
     let out = run();
-    assert!(String::from_utf8_lossy(&out.stdout)
-        .starts_with("sync run 2 succeeded: 30 pages, rooms seen 3000, added 0, updated 0"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("sync run 3 succeeded: 30 pages, rooms seen 3000, added 0, updated 0"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("availability refresh 4 succeeded"),
+        "{stdout}"
+    );
 }
