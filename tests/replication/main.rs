@@ -190,6 +190,11 @@ async fn end_to_end(kind: Kind) {
     standin.set_org(large);
     site.wait_for_revision(&mut daemon, large).await;
     assert_eq!(daemon.terminate(Duration::from_secs(10)).await, 0);
+    assert!(
+        !daemon.log().contains("skipping this tick: API budget"),
+        "the budget held ticks back:\n{}",
+        daemon.log()
+    );
     site.assert_runs_clean().await;
     watch.finish().await;
     litestream.assert_running();

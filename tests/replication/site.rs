@@ -176,7 +176,9 @@ pub fn roomsync_config(base_url: &reqwest::Url, db: &Path) -> String {
         "[dingtalk]\nbase_url = \"{base_url}\"\napp_key = \"{APP_KEY}\"\n\
          app_secret = \"{APP_SECRET}\"\nunion_id = \"{UNION_ID}\"\nretry_base_delay_ms = 1\n\
          requests_per_second = 1000\n\n[database]\npath = \"{}\"\n\n\
-         [schedule]\ncron = \"*/2 * * * * *\"\nrun_on_start = true\n",
+         [schedule]\ncron = \"*/2 * * * * *\"\nrun_on_start = true\n\n\
+         # A run every two seconds would outrun a real budget's pace early in a month.\n\
+         [budget]\nmonthly_calls = 0\n",
         db.display()
     )
 }

@@ -267,6 +267,10 @@ path = "$DB"
 [schedule]
 # Every two seconds, to see several runs.
 cron = "*/2 * * * * *"
+
+[budget]
+# Unlimited: a run every two seconds outruns a real budget's pace early in a month.
+monthly_calls = 0
 EOF
     ct sh -c "umask 077; printf '%s\n' '$SECRET' >/etc/roomsync/app_secret"
     ct sh -c "cat >/etc/default/dingtalk-standin" <<EOF
@@ -354,6 +358,10 @@ journal_has_no_secret() {
     ! grep -aF -e "$SECRET" -e standin-token- <<<"$export"
 }
 
+no_tick_held_back() {
+    ! ct journalctl -u roomsync -o cat | grep -E "skipping this tick: (API budget|DingTalk)"
+}
+
 journal_has_no_denials() {
     ! ct journalctl -u roomsync -o cat | grep -iE "denied|not permitted|EPERM|EACCES|seccomp|SIGSYS|read-only file system"
 }
@@ -439,6 +447,7 @@ check_unit_and_journal() {
     check "no ANSI escapes, no byte-array MESSAGE, no timestamp of its own" journal_clean
     check "the app secret and the access tokens are nowhere in the journal" journal_has_no_secret
     check "no seccomp or permission denials in roomsync's journal" journal_has_no_denials
+    check "no tick was held back by the API budget" no_tick_held_back
     check "dependencies' chatter stays below INFO (no tokio_cron_scheduler lines)" no_dependency_chatter
 }
 
