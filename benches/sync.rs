@@ -46,7 +46,7 @@ fn reset_peak() -> bool {
 /// Fetches and parses every page through the same client, storing nothing. Returns rooms seen.
 async fn baseline(settings: &Settings) -> (usize, u32) {
     let api = DingTalkApi::new(settings.dingtalk.clone(), Metrics::new()).unwrap();
-    let client = api.client(Arc::new(|_| {}));
+    let client = api.client(Arc::new(|_| {}), Default::default());
     let (mut rooms, mut pages, mut next) = (0, 0u32, None);
     loop {
         let page = client.room_page(pages, next).await.expect("baseline page");
@@ -380,7 +380,7 @@ async fn availability_runs(dir: &Path) -> Vec<AvailabilityRun> {
 /// group-list call), so only the refresh's own requests are timed.
 async fn best_refresh(settings: &Settings, rounds: usize) -> Duration {
     let runner = Runner::new(settings.clone(), Metrics::new()).unwrap();
-    let client = runner.api().client(Arc::new(|_| {}));
+    let client = runner.api().client(Arc::new(|_| {}), Default::default());
     client.group_list().await.expect("token and group list");
     let refresh = || runner.refresh_once(Trigger::Manual, CancellationToken::new());
     let mut best = Duration::MAX;

@@ -116,6 +116,55 @@ async fn every_request_is_counted_per_month_and_endpoint_whatever_its_outcome() 
     assert_eq!(total, 5 + 3 + 4, "every request of the three runs");
 }
 
+#[tokio::test]
+async fn calls_are_written_as_a_run_goes_so_a_killed_process_loses_only_the_last_seconds() {
+    let env = TestEnv::new().await;
+    env.mount_token(None).await;
+    env.mount_groups(json!({"result": []})).await;
+    // 40 pages of 150 ms: a run of about 6 s, whose calls are written every 2 s.
+    let pages = rooms_in_pages(80);
+    for (k, rooms) in pages.iter().enumerate() {
+        let next = (k + 1 < pages.len()).then_some(101 + k as i64);
+        page_request(k)
+            .respond_with(page(rooms, next).set_delay(Duration::from_millis(150)))
+            .mount(&env.server)
+            .await;
+    }
+    let config = env.config.to_str().unwrap().to_string();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_roomsync"))
+        .args(["--sync-now", "--config", &config])
+        .env("RUST_LOG", "off")
+        .spawn()
+        .unwrap();
+    let written = "SELECT api_calls FROM sync_runs WHERE run_id = 1";
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while env.try_scalar(written).await.unwrap_or(0) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no calls written");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended first");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let sent = env.server.received_requests().await.unwrap().len() as i64;
+    let recorded = env.scalar(written).await;
+    assert!(
+        recorded >= 3 && recorded <= sent && sent < 42,
+        "{recorded} recorded of {sent} sent"
+    );
+    assert_eq!(
+        env.scalar("SELECT SUM(calls) FROM api_calls").await,
+        recorded
+    );
+    // The next run marks the killed one interrupted and keeps what it counted.
+    env.reset_upstream(&rooms_in_pages(3)).await;
+    env.sync().await;
+    assert_eq!(
+        env.rows("SELECT status || '|' || api_calls FROM sync_runs WHERE run_id = 1")
+            .await,
+        [format!("interrupted|{recorded}")]
+    );
+}
+
 /// A config with a budget of `monthly_calls`, a schedule of every second, metrics on `port`.
 async fn paced_env(monthly_calls: u64, run_on_start: bool, port: u16) -> TestEnv {
     TestEnv::with(

@@ -127,6 +127,14 @@ async fn a_panicking_run_is_recorded_failed_and_sync_now_exits_1_with_one_line()
         env.errors_of(2).await,
         vec!["internal|-|-|internal.panic|0"]
     );
+    // The requests the run made before it panicked count against the month all the same.
+    let sent = env.server.received_requests().await.unwrap().len() as i64;
+    assert!(sent >= 2, "{sent}");
+    assert_eq!(
+        env.scalar("SELECT api_calls FROM sync_runs WHERE run_id = 2")
+            .await,
+        sent
+    );
 }
 
 #[tokio::test]

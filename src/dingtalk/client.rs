@@ -3,7 +3,6 @@
 //! Every failed attempt is handed to the [`Observer`] (the sync run records it in `sync_errors`)
 //! before the client decides whether to try again; the final failure is also returned.
 
-use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
+use super::calls::{CallCounts, CallTally};
 use super::model::{parse_json, GroupListResponse, RoomListPage, TokenResponse};
 use super::schedule::{ScheduleAnswer, ScheduleQuery};
 use crate::config::DingTalkSettings;
@@ -63,7 +63,7 @@ pub struct DingTalkClient {
     api: Arc<DingTalkApi>,
     observer: Observer,
     /// Requests this client sent, by endpoint path, whatever their outcome.
-    calls: std::sync::Mutex<BTreeMap<&'static str, u64>>,
+    calls: CallTally,
 }
 
 struct CachedToken {
@@ -150,12 +150,13 @@ impl DingTalkApi {
         &self.redactor
     }
 
-    /// A client for one run, reporting its failed attempts to `observer`.
-    pub fn client(self: &Arc<Self>, observer: Observer) -> DingTalkClient {
+    /// A client for one run, reporting its failed attempts to `observer` and counting its
+    /// requests in `calls`.
+    pub fn client(self: &Arc<Self>, observer: Observer, calls: CallTally) -> DingTalkClient {
         DingTalkClient {
             api: self.clone(),
             observer,
-            calls: std::sync::Mutex::new(BTreeMap::new()),
+            calls,
         }
     }
 }
@@ -167,8 +168,8 @@ impl DingTalkClient {
     }
 
     /// The requests sent so far, by endpoint path, whatever their outcome.
-    pub fn calls(&self) -> BTreeMap<&'static str, u64> {
-        self.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    pub fn calls(&self) -> CallCounts {
+        self.calls.sent()
     }
 
     /// One page of the room list; `page` is the 0-based page number for error records.
@@ -375,12 +376,7 @@ impl DingTalkClient {
     ) -> Result<Bytes, AttemptError> {
         self.api.limiter.until_ready().await;
         // Counted as it goes out: a request cut short (an interrupted run) was still sent.
-        *self
-            .calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(endpoint)
-            .or_default() += 1;
+        self.calls.count(endpoint);
         self.api.metrics.api_call(endpoint);
         let result = self.send(request, stage).await;
         let outcome = match &result {

@@ -40,12 +40,16 @@ pub struct EndpointCalls {
     pub calls: i64,
 }
 
-/// Adds a run's calls to its month and to its run row, in the caller's transaction.
+/// Adds calls of a run (those not recorded yet) to their month and to the run's row, in the
+/// caller's transaction.
 pub async fn record_calls(
     conn: &mut SqliteConnection,
     run_id: i64,
     calls: &RunCalls,
 ) -> sqlx::Result<()> {
+    if calls.by_endpoint.is_empty() {
+        return Ok(());
+    }
     for (endpoint, n) in &calls.by_endpoint {
         sqlx::query(
             "INSERT INTO api_calls (month, endpoint, calls) VALUES (?1, ?2, ?3)
@@ -57,7 +61,7 @@ pub async fn record_calls(
         .execute(&mut *conn)
         .await?;
     }
-    sqlx::query("UPDATE sync_runs SET api_calls = ?2 WHERE run_id = ?1")
+    sqlx::query("UPDATE sync_runs SET api_calls = api_calls + ?2 WHERE run_id = ?1")
         .bind(run_id)
         .bind(calls.total() as i64)
         .execute(&mut *conn)

@@ -14,6 +14,7 @@ use jiff::Timestamp;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::calls::CallFlusher;
 use super::runner::Runner;
 use super::{
     guarded, start_recorded, CheckedRooms, FailureLog, NotApplied, RunError, RunRecord, RunReport,
@@ -50,7 +51,9 @@ pub(super) async fn run_refresh(
     let refresh = Refresh {
         runner,
         store,
-        client: runner.api().client(start.failures.observer()),
+        client: runner
+            .api()
+            .client(start.failures.observer(), start.record.calls.clone()),
         failures: start.failures,
         record: start.record.clone(),
         shutdown,
@@ -123,7 +126,7 @@ impl Refresh<'_> {
             record,
             ..
         } = self;
-        let calls = runner.run_calls(&client);
+        let calls = runner.pending_calls(&record.calls);
         drop((client, failures));
         let unrecorded = recorder.await.unwrap_or_default();
         let (status, error) = match &outcome {
@@ -185,8 +188,15 @@ impl Refresh<'_> {
         let window = Window::starting_now(settings.window);
         let batches: Vec<&[String]> = rooms.chunks(settings.rooms_per_request as usize).collect();
         *requests = batches.len() as u32;
+        let flusher = CallFlusher::new(
+            self.runner,
+            self.store.pool().clone(),
+            self.record.run_id,
+            self.record.calls.clone(),
+        );
+        let fetched = self.fetch(batches, &window, settings.concurrency as usize, &flusher);
         let answers = tokio::select! {
-            answers = self.fetch(batches, &window, settings.concurrency as usize) => answers,
+            answers = fetched => answers,
             _ = self.shutdown.cancelled() => {
                 tracing::warn!("shutdown requested: abandoning the refresh, nothing is applied");
                 return Err(NotApplied::Interrupted);
@@ -194,7 +204,7 @@ impl Refresh<'_> {
         };
         let sorted = self.sort(answers, warnings);
         self.check_enough(&sorted, rooms.len())?;
-        let calls = self.runner.run_calls(&self.client);
+        let calls = self.runner.pending_calls(&self.record.calls);
         let apply = RefreshApply {
             run_id: self.record.run_id,
             window_start: &window.start,
@@ -209,6 +219,7 @@ impl Refresh<'_> {
         apply_refresh(self.store.pool(), &apply)
             .await
             .map_err(|e| self.failures.store_failed("applying the refresh", e))?;
+        self.record.calls.mark_recorded(&calls.by_endpoint);
         Ok(CheckedRooms {
             rooms: rooms.len() as u64,
             failed: sorted.failed.len() as u64,
@@ -221,6 +232,7 @@ impl Refresh<'_> {
         batches: Vec<&'b [String]>,
         window: &Window,
         concurrency: usize,
+        flusher: &CallFlusher<'_>,
     ) -> Vec<BatchAnswer<'b>> {
         let mut waiting = batches.into_iter();
         // Boxed with their lifetimes spelled out: the compiler cannot otherwise prove the
@@ -239,6 +251,7 @@ impl Refresh<'_> {
                 Some(answer) => answers.push(answer),
                 None => return answers,
             }
+            flusher.flush_if_due().await;
         }
     }
 

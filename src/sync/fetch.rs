@@ -14,6 +14,7 @@ use sqlx::SqlitePool;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use super::calls::CallFlusher;
 use super::ledger::{fingerprint, Decision, Ledger};
 use super::{FailureLog, FetchProgress, NotApplied, Run, Warnings};
 use crate::dingtalk::model::{GroupListResponse, GroupPart, RawGroup, RawRoom, SkippedPart};
@@ -64,8 +65,9 @@ pub(super) async fn fetch_and_apply(
     let (pages, queue) = mpsc::channel(PAGE_QUEUE);
     let processor = process_pages(run.pool.clone(), staging, queue, failures.clone());
     let processor = tokio::spawn(processor.in_current_span());
+    let flusher = CallFlusher::new(run.runner, run.pool.clone(), run.run_id, run.calls.clone());
     let fetched = tokio::select! {
-        fetched = fetch_listing(client, failures, pages, progress) => fetched,
+        fetched = fetch_listing(client, failures, &flusher, pages, progress) => fetched,
         _ = run.shutdown.cancelled() => {
             tracing::warn!("shutdown requested: abandoning the fetch, nothing is applied");
             Err(NotApplied::Interrupted)
@@ -110,6 +112,7 @@ pub(super) async fn fetch_and_apply(
 async fn fetch_listing(
     client: &DingTalkClient,
     failures: &FailureLog,
+    flusher: &CallFlusher<'_>,
     pages: mpsc::Sender<Vec<Room>>,
     progress: &mut FetchProgress,
 ) -> Result<Vec<Group>, NotApplied> {
@@ -131,6 +134,7 @@ async fn fetch_listing(
             .await
             .map_err(NotApplied::Failed)?;
         progress.pages += 1;
+        flusher.flush_if_due().await;
         let asked = client.settings().page_size as usize;
         let records = body.result.unwrap_or_default();
         let rooms = page_rooms(records, asked, page, failures, &mut progress.warnings)?;
@@ -468,6 +472,7 @@ async fn apply_listing(
     staged
         .await
         .map_err(|e| failures.store_failed("staging labels, groups and removals", e))?;
+    let calls = run.runner.pending_calls(&run.calls);
     let request = ApplyRequest {
         run_id: run.run_id,
         pages_fetched: progress.pages,
@@ -477,10 +482,13 @@ async fn apply_listing(
         keep_changes_days: run.runner.settings().sync.keep_changes_days,
         warnings: &progress.warnings.rows,
         warning_count: progress.warnings.count,
-        calls: &run.runner.run_calls(&run.client),
+        calls: &calls,
     };
     match apply(staging, &request).await {
-        Ok(ApplyOutcome::Applied(counts)) => Ok(counts),
+        Ok(ApplyOutcome::Applied(counts)) => {
+            run.calls.mark_recorded(&calls.by_endpoint);
+            Ok(counts)
+        }
         Ok(ApplyOutcome::Guarded {
             would_remove,
             active,

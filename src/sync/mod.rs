@@ -11,6 +11,7 @@
 //! no data row.
 
 mod availability;
+mod calls;
 mod fetch;
 mod ledger;
 mod runner;
@@ -31,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::dingtalk::model::SkippedPart;
-use crate::dingtalk::{DingTalkClient, Observer};
+use crate::dingtalk::{CallTally, DingTalkClient, Observer};
 use crate::failure::{codes, Failure, Redactor, Severity, Stage};
 use crate::lock::SyncLock;
 use crate::metrics::Metrics;
@@ -222,7 +223,10 @@ async fn run_sync(
     let run = Run {
         pool: store.pool().clone(),
         runner,
-        client: runner.api().client(start.failures.observer()),
+        client: runner
+            .api()
+            .client(start.failures.observer(), start.record.calls.clone()),
+        calls: start.record.calls.clone(),
         options,
         run_id: start.run_id,
         shutdown,
@@ -250,6 +254,8 @@ struct RunRecord {
     trigger: Trigger,
     started: Instant,
     span: tracing::Span,
+    /// The run's requests: its client counts them, its end (or the panic net) records them.
+    calls: CallTally,
 }
 
 /// Marks runs a killed process left `running` as interrupted, records the new run, and starts
@@ -298,6 +304,7 @@ async fn start_recorded(
             trigger,
             started,
             span,
+            calls: CallTally::default(),
         },
     })
 }
@@ -328,7 +335,8 @@ async fn guarded(
                 ),
             ));
             runner.metrics().sync_error(codes::PANIC);
-            let report = record_panic(store.pool(), record, failure);
+            let calls = runner.pending_calls(&record.calls);
+            let report = record_panic(store.pool(), record, failure, &calls);
             report.instrument(span.clone()).await
         }
     };
@@ -344,8 +352,14 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("no message")
 }
 
-/// Records a run that panicked as failed, with its `internal.panic` error.
-async fn record_panic(pool: &SqlitePool, record: &RunRecord, failure: Failure) -> RunReport {
+/// Records a run that panicked as failed, with its `internal.panic` error and the calls it
+/// made that are not recorded yet.
+async fn record_panic(
+    pool: &SqlitePool,
+    record: &RunRecord,
+    failure: Failure,
+    calls: &RunCalls,
+) -> RunReport {
     tracing::error!(error = %failure, "a sync run panicked");
     let error = failure.to_string();
     let end = runs::UnappliedEnd {
@@ -353,7 +367,7 @@ async fn record_panic(pool: &SqlitePool, record: &RunRecord, failure: Failure) -
         pages_fetched: 0,
         rooms_seen: None,
         error: &error,
-        calls: &RunCalls::default(),
+        calls,
         exhausted_until: None,
     };
     let recorded = runs::end_run_unapplied(pool, record.run_id, &end, &[failure]).await;
@@ -372,6 +386,8 @@ struct Run<'a> {
     runner: &'a Runner,
     /// The run's view of the DingTalk API: its failed attempts go to `failures`.
     client: DingTalkClient,
+    /// What `client` counts.
+    calls: CallTally,
     options: SyncOptions,
     run_id: i64,
     shutdown: CancellationToken,
@@ -392,9 +408,10 @@ impl Run<'_> {
             options,
             client,
             runner,
+            calls,
             ..
         } = self;
-        let calls = runner.run_calls(&client);
+        let calls = runner.pending_calls(&calls);
         drop((client, failures));
         let unrecorded = recorder.await.unwrap_or_else(|_| {
             tracing::error!("the error recorder stopped unexpectedly");

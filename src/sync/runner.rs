@@ -13,7 +13,7 @@ use super::availability::run_refresh;
 use super::{run_sync, RunError, RunReport, SyncOptions};
 use crate::budget::FIRST_RUN_COST;
 use crate::config::Settings;
-use crate::dingtalk::{DingTalkApi, DingTalkClient};
+use crate::dingtalk::{CallTally, DingTalkApi};
 use crate::lock::{lock_path, SyncLock};
 use crate::metrics::{FinishedRun, Metrics};
 use crate::notify::{Notifier, RunNotice};
@@ -205,11 +205,11 @@ impl Runner {
         }
     }
 
-    /// The requests `client` sent, for the quota month of now.
-    pub(super) fn run_calls(&self, client: &DingTalkClient) -> RunCalls {
+    /// The calls of `tally` not recorded yet, for the quota month of now.
+    pub(super) fn pending_calls(&self, tally: &CallTally) -> RunCalls {
         RunCalls {
             month: self.settings.budget.month_of(SystemTime::now()),
-            by_endpoint: client.calls(),
+            by_endpoint: tally.unrecorded(),
         }
     }
 
