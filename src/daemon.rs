@@ -55,10 +55,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         database = %daemon.settings.database.path.display(),
         "roomsync daemon started"
     );
-    notify(&[
-        NotifyState::Ready,
-        NotifyState::Status("waiting for the first sync"),
-    ]);
+    let status = match daemon.quota_spent_notice() {
+        Some(notice) => notice,
+        None => "waiting for the first sync".to_string(),
+    };
+    notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
     if daemon.settings.schedule.run_on_start {
         // One of each kind, one after the other: never two runs at once.
         let mut kinds = vec![RunKind::Rooms];
@@ -105,6 +106,21 @@ impl Daemon {
             shutdown: CancellationToken::new(),
             runs: TaskTracker::new(),
         })
+    }
+
+    /// When an earlier run (of this process or one before) found DingTalk's monthly quota
+    /// spent: said once at ERROR, with the date requests resume, and returned for STATUS=.
+    fn quota_spent_notice(&self) -> Option<String> {
+        let until = self.runner.quota_spent_until()?;
+        let resumes = self.settings.budget.local(until);
+        tracing::error!(
+            resumes = %resumes,
+            "DingTalk said the organisation's monthly API quota is spent: no request is sent \
+             until the next quota month begins, {resumes}"
+        );
+        Some(format!(
+            "monthly API quota spent; no request until {resumes}"
+        ))
     }
 
     /// With `[metrics] listen`: the metrics listener, bound now so that a bad address stops

@@ -338,15 +338,20 @@ async fn a_spent_quota_stops_every_request_until_the_next_month() {
         ["fetch|-|403|Forbidden.AccessDenied.ApiCountLimitForOrg|0"]
     );
 
-    // A restart remembers it.
+    // A restart remembers it, and says so once at start-up, with the date requests resume.
     let mut daemon = Daemon::start(&env, &[]);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    daemon.signal("-TERM");
-    assert_eq!(daemon.wait(Duration::from_secs(5)).await, 0);
+    let notes = daemon.notifications().join("\n");
+    assert!(
+        notes.contains(&format!(
+            "STATUS=monthly API quota spent; no request until {}",
+            shanghai(0).local(resumes)
+        )),
+        "{notes}"
+    );
     assert_eq!(standin.requests(), after_first, "{}", daemon.log());
-
-    let status = roomsync(&["status", "--config", env.config.to_str().unwrap()], &[]);
-    let status = text(&status.stdout);
+    let config = env.config.to_str().unwrap();
+    let status = text(&roomsync(&["status", "--config", config], &[]).stdout);
     assert!(
         status.contains(&format!(
             "sends no request until {}",
@@ -354,6 +359,45 @@ async fn a_spent_quota_stops_every_request_until_the_next_month() {
         )),
         "{status}"
     );
+
+    // The organisation buys more calls and the operator runs --sync-now: it succeeds, and the
+    // running daemon takes up its schedule again at its next tick.
+    standin.set_quota_spent(false);
+    // The stand-in answers on this test's runtime: the binary is waited for off it.
+    let args = ["--sync-now".to_string(), "--config".into(), config.into()];
+    let out = tokio::task::spawn_blocking(move || {
+        roomsync(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[])
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    until(
+        &daemon,
+        Duration::from_secs(10),
+        "a scheduled run after the quota came back",
+        || async {
+            env.try_scalar(
+                "SELECT COUNT(*) FROM sync_runs WHERE trigger = 'schedule' AND status = 'succeeded'",
+            )
+            .await
+            .unwrap_or(0)
+                >= 1
+        },
+    )
+    .await;
+    daemon.signal("-TERM");
+    assert_eq!(daemon.wait(Duration::from_secs(5)).await, 0);
+    let log = daemon.log();
+    let notice = log
+        .lines()
+        .filter(|l| l.contains("monthly API quota is spent"))
+        .collect::<Vec<_>>();
+    assert_eq!(notice.len(), 1, "{log}");
+    assert!(
+        notice[0].contains("ERROR") && notice[0].contains(&shanghai(0).local(resumes)),
+        "{log}"
+    );
+    assert!(log.contains("monthly API quota is available"), "{log}");
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 
 use sqlx::{Connection, Executor, SqliteConnection, SqlitePool};
 
-use super::budget::{record_calls, RunCalls};
+use super::budget::{record_calls, set_exhausted_until, RunCalls};
 use super::runs::{insert_error, now_rfc3339};
 use crate::dingtalk::schedule::BusyItem;
 use crate::failure::Failure;
@@ -71,6 +71,8 @@ pub async fn apply_refresh(pool: &SqlitePool, req: &RefreshApply<'_>) -> sqlx::R
         insert_error(&mut tx, req.run_id, warning).await?;
     }
     record_calls(&mut tx, req.run_id, req.calls).await?;
+    // An answered refresh shows the quota is not spent (any more).
+    set_exhausted_until(&mut tx, None).await?;
     sqlx::query(
         "UPDATE sync_runs SET status = 'succeeded', finished_at = ?2, pages_fetched = ?3,
              rooms_seen = ?4, warnings = ?5, error = NULL

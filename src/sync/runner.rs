@@ -235,6 +235,27 @@ impl Runner {
         Some(humantime::format_rfc3339_seconds(until).to_string())
     }
 
+    /// Whether the database still says the quota is spent. A run of another process (an
+    /// operator's `--sync-now` once the organisation bought more calls) that succeeded has
+    /// cleared it: then this process forgets it too.
+    async fn quota_still_spent(&self, store: &Store) -> bool {
+        let stored = async {
+            let mut conn = store.pool().acquire().await?;
+            store_budget::read_budget(&mut conn).await
+        };
+        match stored.await {
+            Ok(Some(record)) if record.exhausted_until.is_none() => {
+                *self
+                    .quota_spent_until
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = None;
+                tracing::info!("a later run succeeded: DingTalk's monthly API quota is available");
+                false
+            }
+            _ => true,
+        }
+    }
+
     /// Until when the organisation's quota is known to be spent, if it is now.
     pub fn quota_spent_until(&self) -> Option<SystemTime> {
         let mut until = self
@@ -287,10 +308,12 @@ impl Runner {
     /// plus that cost, and DingTalk's quota not spent. `Err` says why not.
     pub async fn budget_allows(&self, store: &Store, kind: RunKind) -> Result<(), HeldBack> {
         if let Some(until) = self.quota_spent_until() {
-            return Err(HeldBack::QuotaSpent(format!(
-                "DingTalk's monthly API quota is spent until {}",
-                self.settings.budget.local(until)
-            )));
+            if self.quota_still_spent(store).await {
+                return Err(HeldBack::QuotaSpent(format!(
+                    "DingTalk's monthly API quota is spent until {}",
+                    self.settings.budget.local(until)
+                )));
+            }
         }
         let budget = &self.settings.budget;
         if budget.monthly_calls == 0 {
