@@ -95,7 +95,7 @@ pub struct TokenResponse {
 }
 
 /// A validated room, ready to be staged.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Room {
     pub room_id: String,
     pub corp_id: Option<String>,
@@ -110,6 +110,35 @@ pub struct Room {
     pub group: Option<Group>,
     /// Distinct by `label_id`, in the order DingTalk sent them.
     pub labels: Vec<Label>,
+}
+
+impl Room {
+    /// About the memory the room holds: its texts and its own size. What bounds the rooms a
+    /// run keeps in hand at once, whatever the upstream puts in a record.
+    pub fn approx_bytes(&self) -> usize {
+        let text = |t: &Option<String>| t.as_ref().map_or(0, String::len);
+        let labels: usize = self
+            .labels
+            .iter()
+            .map(|l| std::mem::size_of::<Label>() + text(&l.label_name))
+            .sum();
+        std::mem::size_of::<Room>()
+            + self.room_id.len()
+            + [
+                &self.corp_id,
+                &self.room_staff_id,
+                &self.room_name,
+                &self.location_title,
+                &self.location_desc,
+                &self.room_picture,
+                &self.isv_room_id,
+            ]
+            .into_iter()
+            .map(text)
+            .sum::<usize>()
+            + self.group.as_ref().map_or(0, |g| text(&g.group_name))
+            + labels
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

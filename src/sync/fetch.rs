@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use super::calls::CallFlusher;
 use super::ledger::{fingerprint, Decision, Ledger};
+use super::queue::{page_queue, PageSender, QueuedPage};
 use super::{FailureLog, FetchProgress, NotApplied, Run, Warnings};
 use crate::dingtalk::model::{GroupListResponse, GroupPart, RawGroup, RawRoom, SkippedPart};
 use crate::dingtalk::{DingTalkClient, Group, Label, Room};
@@ -24,9 +25,11 @@ use crate::store::apply::{apply, ApplyCounts, ApplyOutcome, ApplyRequest};
 use crate::store::fingerprints::{active_rooms_with, load_mirror_summary, stored_fingerprints};
 use crate::store::staging::{StagedRoom, Staging};
 
-/// Pages that may wait for the processor: bounds memory (about 1 MB per 10 pages), and lets
-/// the fetcher go on while the processor loads the mirror's fingerprints at the start.
+/// Pages that may wait for the processor: lets the fetcher go on while the processor loads
+/// the mirror's fingerprints at the start (a page of 100 rooms holds about 40 kB).
 const PAGE_QUEUE: usize = 64;
+/// The bytes of rooms those pages may hold, whatever the size of the records.
+const QUEUE_BYTES: usize = 16 << 20;
 
 /// What the processor learnt from the listing besides the rooms it staged.
 struct Sorted {
@@ -62,7 +65,7 @@ pub(super) async fn fetch_and_apply(
         .map_err(|e| failures.store_failed("creating the staging tables", e))?;
 
     let started = Instant::now();
-    let (pages, queue) = mpsc::channel(PAGE_QUEUE);
+    let (pages, queue) = page_queue(PAGE_QUEUE, QUEUE_BYTES);
     let processor = process_pages(run.pool.clone(), staging, queue, failures.clone());
     let processor = tokio::spawn(processor.in_current_span());
     let flusher = CallFlusher::new(run.runner, run.pool.clone(), run.run_id, run.calls.clone());
@@ -113,7 +116,7 @@ async fn fetch_listing(
     client: &DingTalkClient,
     failures: &FailureLog,
     flusher: &CallFlusher<'_>,
-    pages: mpsc::Sender<Vec<Room>>,
+    pages: PageSender,
     progress: &mut FetchProgress,
 ) -> Result<Vec<Group>, NotApplied> {
     let listed = client.group_list().await.map_err(NotApplied::Failed)?;
@@ -288,7 +291,7 @@ impl Cursor {
 async fn process_pages(
     pool: SqlitePool,
     mut staging: Staging,
-    queue: mpsc::Receiver<Vec<Room>>,
+    queue: mpsc::Receiver<QueuedPage>,
     failures: FailureLog,
 ) -> Processed {
     crate::failure::panic_if_asked_in_tests();
@@ -304,7 +307,7 @@ async fn process_pages(
 async fn sort_and_stage(
     mut ledger: Ledger,
     staging: &mut Staging,
-    mut queue: mpsc::Receiver<Vec<Room>>,
+    mut queue: mpsc::Receiver<QueuedPage>,
     failures: &FailureLog,
 ) -> Result<Sorted, NotApplied> {
     let mut labels: BTreeMap<i64, Option<String>> = BTreeMap::new();
@@ -312,9 +315,9 @@ async fn sort_and_stage(
     let mut batch = StageBatch::default();
     let mut sort_time = Duration::ZERO;
     let staging_failed = |e| failures.store_failed("staging rooms", e);
-    while let Some(rooms) = queue.recv().await {
+    while let Some(page) = queue.recv().await {
         let t0 = Instant::now();
-        for room in rooms {
+        for room in page.rooms {
             for label in &room.labels {
                 note_label(&mut labels, label);
             }
@@ -328,7 +331,7 @@ async fn sort_and_stage(
             batch.sort(room, fp, decision);
         }
         sort_time += t0.elapsed();
-        if batch.len() >= STAGE_BATCH {
+        if batch.len() >= STAGE_BATCH || batch.bytes >= STAGE_BATCH_BYTES {
             batch.flush(staging).await.map_err(staging_failed)?;
         }
     }
@@ -347,6 +350,8 @@ async fn sort_and_stage(
 /// Rooms staged per round trip to the staging connection: batching pages keeps the round
 /// trips, and the thread wake-ups each costs, ten times fewer than staging page by page.
 const STAGE_BATCH: usize = 1000;
+/// The bytes of rooms a batch may hold before it is staged, whatever the size of the records.
+const STAGE_BATCH_BYTES: usize = 8 << 20;
 
 /// What the processor has sorted and not yet staged.
 #[derive(Default)]
@@ -356,6 +361,8 @@ struct StageBatch {
     again: Vec<String>,
     /// Staged rooms whose later record turned out unchanged: taken out of staging.
     unstage: Vec<String>,
+    /// About the memory of the rooms in `stage`.
+    bytes: usize,
 }
 
 impl StageBatch {
@@ -376,6 +383,7 @@ impl StageBatch {
                 if again {
                     self.again.push(room.room_id.clone());
                 }
+                self.bytes += room.approx_bytes();
                 self.stage.push(StagedRoom {
                     room,
                     fingerprint: fp,
@@ -396,6 +404,7 @@ impl StageBatch {
         self.stage.clear();
         self.again.clear();
         self.unstage.clear();
+        self.bytes = 0;
         Ok(())
     }
 }

@@ -14,6 +14,7 @@ mod availability;
 mod calls;
 mod fetch;
 mod ledger;
+mod queue;
 mod runner;
 
 pub use runner::{run_once, HeldBack, Runner};
