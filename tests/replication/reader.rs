@@ -107,10 +107,22 @@ impl Site {
         )
         .await;
         assert_eq!(building.len(), 1);
+        let free_building = self.a_building_with_a_free_projector_room().await;
+        // A room with a booking still to come.
+        let booked_room = query_rows(
+            &self.primary,
+            "SELECT room_id FROM room_busy
+             WHERE end_at > strftime('%Y-%m-%dT%H:%M:%SZ', 'now') ORDER BY room_id LIMIT 1",
+            &[],
+        )
+        .await;
+        assert_eq!(booked_room.len(), 1, "the primary has bookings");
         for name in names {
             let sql = example(name);
             let params: Vec<String> = match name {
                 "projector-rooms-in-building" => building.clone(),
+                "free-projector-rooms-next-hour" => vec![free_building.clone()],
+                "next-bookings" => booked_room.clone(),
                 "changes-since" => vec!["0".into()],
                 _ => vec![],
             };
@@ -119,6 +131,25 @@ impl Site {
             assert!(!on_reader.is_empty(), "example {name} found nothing");
             assert_eq!(on_reader, on_primary, "example {name}");
         }
+    }
+
+    /// The first building (top-level group) for which the primary answers the example
+    /// `free-projector-rooms-next-hour`.
+    async fn a_building_with_a_free_projector_room(&self) -> String {
+        let sql = example("free-projector-rooms-next-hour");
+        let buildings = query_rows(
+            &self.primary,
+            "SELECT path FROM room_group_tree WHERE depth = 1 ORDER BY path",
+            &[],
+        )
+        .await;
+        for building in buildings {
+            let param = [building.clone()];
+            if !query_rows(&self.primary, &sql, &param).await.is_empty() {
+                return building;
+            }
+        }
+        panic!("no building of the primary has a projector room free for the next hour");
     }
 
     /// The reader's copy, restored by Litestream, taken as the mirror of a new primary:

@@ -178,7 +178,10 @@ pub fn roomsync_config(base_url: &reqwest::Url, db: &Path) -> String {
          requests_per_second = 1000\n\n[database]\npath = \"{}\"\n\n\
          [schedule]\ncron = \"*/2 * * * * *\"\nrun_on_start = true\n\n\
          # A run every two seconds would outrun a real budget's pace early in a month.\n\
-         [budget]\nmonthly_calls = 0\n",
+         [budget]\nmonthly_calls = 0\n\n\
+         # One refresh at each start (`run_on_start`), so the availability examples of\n\
+         # docs/schema.md have data to answer from; the schedule itself never comes due here.\n\
+         [availability]\nenabled = true\ncron = \"0 0 0 1 1 *\"\n",
         db.display()
     )
 }
@@ -288,7 +291,7 @@ impl Site {
     }
 
     /// Every run of the primary succeeded but the one SIGTERM interrupted, and none recorded an
-    /// error: Litestream working beside roomsync (its locks, its checkpoints) never failed a run.
+    /// error (nor a warning but the stand-in's deliberate room errors): Litestream working beside roomsync (its locks, its checkpoints) never failed a run.
     pub async fn assert_runs_clean(&self) {
         let mut conn = open_read_only(&self.primary).await.unwrap();
         let statuses: Vec<(String, i64)> =
@@ -296,10 +299,15 @@ impl Site {
                 .fetch_all(&mut conn)
                 .await
                 .unwrap();
-        let errors: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sync_errors")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
+        // The stand-in answers a few rooms' schedules with an `error` on purpose: those are
+        // the only warnings expected, and no error at all.
+        let errors: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sync_errors
+             WHERE severity <> 'warning' OR error_code IS NOT 'availability.room_error'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
         conn.close().await.unwrap();
         let count = |s: &str| {
             statuses
