@@ -199,6 +199,7 @@ impl Daemon {
             return;
         }
         if self.busy.swap(true, Ordering::SeqCst) {
+            self.runner.metrics().tick_skipped("busy");
             tracing::info!(
                 trigger = trigger.as_str(),
                 "skipping this tick: the previous run is still in progress"
@@ -247,6 +248,7 @@ impl Daemon {
         match run {
             Ok(report) => notify(&[NotifyState::Status(&format!("last run: {report}"))]),
             Err(RunError::Locked { .. }) => {
+                self.runner.metrics().tick_skipped("locked");
                 tracing::info!(
                     trigger = trigger.as_str(),
                     "skipping this tick: another process holds the sync lock"

@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::daemon::{succeeded_runs, until, Daemon};
+use common::scrape::{free_port, Scrape};
 use common::*;
 use roomsync::lock::SyncLock;
 
@@ -13,9 +14,13 @@ const BIN: &str = env!("CARGO_BIN_EXE_roomsync");
 
 #[tokio::test]
 async fn a_one_second_schedule_runs_repeatedly_without_overlap() {
+    let port = free_port();
     let env = TestEnv::with(
         "",
-        "[schedule]\ncron = \"* * * * * *\"\nrun_on_start = false",
+        &format!(
+            "[schedule]\ncron = \"* * * * * *\"\nrun_on_start = false\n\n\
+             [metrics]\nlisten = \"127.0.0.1:{port}\""
+        ),
     )
     .await;
     env.mount_token(None).await;
@@ -35,6 +40,7 @@ async fn a_one_second_schedule_runs_repeatedly_without_overlap() {
         succeeded_runs(&env).await >= 3
     })
     .await;
+    let scrape = scrape(port).await;
     daemon.signal("-TERM");
     assert_eq!(daemon.wait(Duration::from_secs(5)).await, 0);
 
@@ -60,6 +66,11 @@ async fn a_one_second_schedule_runs_repeatedly_without_overlap() {
     assert!(
         !log.contains("another process holds the sync lock"),
         "{log}"
+    );
+    assert!(scrape.value("roomsync_ticks_skipped_total", &[("reason", "busy")]) >= 1.0);
+    assert_eq!(
+        scrape.value("roomsync_ticks_skipped_total", &[("reason", "locked")]),
+        0.0
     );
     // Never two requests in flight: every page request of a run comes after the previous
     // run's last one, which the run records prove; the lock and the busy flag are the cause.
@@ -110,7 +121,12 @@ async fn sigterm_during_a_slow_fetch_exits_0_promptly_with_the_run_interrupted()
 
 #[tokio::test]
 async fn a_tick_while_another_process_holds_the_lock_is_skipped() {
-    let env = TestEnv::with("", "[schedule]\ncron = \"* * * * * *\"").await;
+    let port = free_port();
+    let env = TestEnv::with(
+        "",
+        &format!("[schedule]\ncron = \"* * * * * *\"\n\n[metrics]\nlisten = \"127.0.0.1:{port}\""),
+    )
+    .await;
     env.reset_upstream(&rooms_in_pages(3)).await;
     let held = SyncLock::try_acquire(&env.db).unwrap().unwrap();
     let mut daemon = Daemon::start(&env, &[]);
@@ -131,6 +147,12 @@ async fn a_tick_while_another_process_holds_the_lock_is_skipped() {
         env.scalar("SELECT COUNT(*) FROM sync_runs").await,
         0,
         "a skipped tick is not recorded"
+    );
+    assert!(
+        scrape(port)
+            .await
+            .value("roomsync_ticks_skipped_total", &[("reason", "locked")])
+            >= 2.0
     );
     drop(held);
     until(
@@ -267,4 +289,10 @@ async fn status_does_not_wait_for_a_running_sync() {
         "status waited for the writer"
     );
     tx.rollback().await.unwrap();
+}
+
+/// The daemon's metrics, as Prometheus would scrape them.
+async fn scrape(port: u16) -> Scrape {
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    Scrape::parse(&reqwest::get(url).await.unwrap().text().await.unwrap())
 }
