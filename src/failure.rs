@@ -170,8 +170,15 @@ pub fn panic_if_asked_in_tests() {
 /// [`MAX_UPSTREAM_TEXT`] characters. Clones share the tokens registered with any of them.
 #[derive(Clone)]
 pub struct Redactor {
-    secrets: Arc<Mutex<Vec<SecretString>>>,
+    /// The operator's secret: redacted whatever its length.
+    app_secret: SecretString,
+    /// Tokens DingTalk issued.
+    tokens: Arc<Mutex<Vec<SecretString>>>,
 }
+
+/// Issued tokens shorter than this are left alone: real ones are far longer, and a short
+/// value an upstream chose would match ordinary words of every message.
+const MIN_TOKEN_LEN: usize = 8;
 
 /// The longest upstream text kept in a message, a request id or an error code.
 pub const MAX_UPSTREAM_TEXT: usize = 500;
@@ -179,30 +186,36 @@ pub const MAX_UPSTREAM_TEXT: usize = 500;
 impl Redactor {
     pub fn new(app_secret: &SecretString) -> Redactor {
         Redactor {
-            secrets: Arc::new(Mutex::new(vec![app_secret.clone()])),
+            app_secret: app_secret.clone(),
+            tokens: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
     /// Registers a newly issued token, to be redacted from now on.
     pub fn add(&self, token: &SecretString) {
-        let mut secrets = self.secrets.lock().unwrap_or_else(|e| e.into_inner());
-        if !secrets
+        if token.expose_secret().len() < MIN_TOKEN_LEN {
+            return;
+        }
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        if !tokens
             .iter()
             .any(|s| s.expose_secret() == token.expose_secret())
         {
-            secrets.push(token.clone());
+            tokens.push(token.clone());
         }
     }
 
-    /// `text` without any secret, at most [`MAX_UPSTREAM_TEXT`] characters long. Values
-    /// shorter than 8 characters are left alone: real app secrets and tokens are far longer,
-    /// and a short value would match ordinary words.
+    /// `text` without any secret, at most [`MAX_UPSTREAM_TEXT`] characters long.
     pub fn redact(&self, text: &str) -> String {
-        let secrets = self.secrets.lock().unwrap_or_else(|e| e.into_inner());
         let mut text = text.to_string();
-        for secret in secrets.iter().map(|s| s.expose_secret()) {
-            if secret.len() >= 8 && text.contains(secret) {
-                text = text.replace(secret, "[redacted]");
+        let secret = self.app_secret.expose_secret();
+        if !secret.is_empty() && text.contains(secret) {
+            text = text.replace(secret, "[redacted]");
+        }
+        let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        for token in tokens.iter().map(|s| s.expose_secret()) {
+            if text.contains(token) {
+                text = text.replace(token, "[redacted]");
             }
         }
         truncate(text)
@@ -239,6 +252,8 @@ mod tests {
             redactor.redact("bad secret 0123456789abcdef, token-one-xyz and token-two-xyz!"),
             "bad secret [redacted], [redacted] and [redacted]!"
         );
+        // A short token an upstream issued would match ordinary words: left alone.
+        redactor.add(&SecretString::from("s"));
         assert_eq!(redactor.redact("short s"), "short s");
         let long = "x".repeat(2000);
         let cut = redactor.redact(&long);
@@ -251,5 +266,19 @@ mod tests {
         let f = redactor.failure(f);
         assert_eq!(f.request_id.as_deref(), Some("id-[redacted]"));
         assert_eq!(f.code.as_deref(), Some("[redacted]"));
+    }
+
+    #[test]
+    fn a_short_app_secret_is_redacted_too() {
+        // The operator chose it: however short, it never reaches a log.
+        let redactor = Redactor::new(&SecretString::from("pw42"));
+        assert_eq!(
+            redactor.redact("invalid appSecret pw42 for app"),
+            "invalid appSecret [redacted] for app"
+        );
+        assert_eq!(
+            Redactor::new(&SecretString::from("")).redact("nothing to hide"),
+            "nothing to hide"
+        );
     }
 }
