@@ -209,7 +209,7 @@ impl Redactor {
     pub fn redact(&self, text: &str) -> String {
         let mut text = text.to_string();
         let secret = self.app_secret.expose_secret();
-        if !secret.is_empty() && text.contains(secret) {
+        if !secret.trim().is_empty() && text.contains(secret) {
             text = text.replace(secret, "[redacted]");
         }
         let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());

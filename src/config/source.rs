@@ -138,9 +138,9 @@ pub(super) fn exposure_warnings(
     warnings
 }
 
-/// Replaces each of `secrets` (8 characters or more) in `message`.
+/// Replaces each of `secrets` in `message`, however short: the operator chose them.
 pub(super) fn scrub(mut message: String, secrets: &[&str]) -> String {
-    for secret in secrets.iter().filter(|s| s.len() >= 8) {
+    for secret in secrets.iter().filter(|s| !s.trim().is_empty()) {
         message = message.replace(secret, "[redacted]");
     }
     message
@@ -192,5 +192,13 @@ mod tests {
         assert_eq!(key_of_line(text, y).as_deref(), Some("b.c.y"));
         assert_eq!(key_of_line("\"quoted key\" = 1", 0), None);
         assert_eq!(key_of_line("[database]\n", 0).as_deref(), Some("database"));
+    }
+
+    #[test]
+    fn secrets_are_scrubbed_however_short_but_blank_ones_are_not() {
+        assert_eq!(
+            scrub("bad value pw42 for x".into(), &["pw42", " "]),
+            "bad value [redacted] for x"
+        );
     }
 }
