@@ -70,6 +70,53 @@ const RUN_COLUMNS: &str =
     "run_id, trigger, status, started_at, finished_at, pages_fetched, rooms_seen,
      rooms_added, rooms_updated, rooms_removed, warnings, error";
 
+/// What an older schema lacks. `status` may run against a mirror the daemon has not migrated
+/// yet (the package was upgraded, the service not yet restarted) or a replica of an older
+/// primary: it reports what that schema holds instead of failing.
+struct SchemaParts {
+    /// `sync_runs.warnings` (migration 6).
+    warnings: bool,
+    /// `sync_runs.kind` and the budget tables (migration 7).
+    budget: bool,
+    /// `room_schedule_checks` (migration 8).
+    availability: bool,
+}
+
+impl SchemaParts {
+    async fn read(conn: &mut sqlx::SqliteConnection) -> sqlx::Result<SchemaParts> {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT 'table:' || name FROM sqlite_master WHERE type = 'table'
+             UNION ALL SELECT 'column:' || name FROM pragma_table_info('sync_runs')",
+        )
+        .fetch_all(conn)
+        .await?;
+        let has = |name: &str| names.iter().any(|n| n == name);
+        Ok(SchemaParts {
+            warnings: has("column:warnings"),
+            budget: has("column:kind") && has("table:roomsync_budget") && has("table:api_calls"),
+            availability: has("column:kind") && has("table:room_schedule_checks"),
+        })
+    }
+
+    /// The run columns of [`RunRow`], with 0 warnings where the schema did not count them.
+    fn run_columns(&self) -> String {
+        if self.warnings {
+            RUN_COLUMNS.to_string()
+        } else {
+            RUN_COLUMNS.replace("warnings,", "0 AS warnings,")
+        }
+    }
+
+    /// The condition that picks room-list runs (every run, before availability refreshes).
+    fn rooms_runs(&self) -> &'static str {
+        if self.budget {
+            "kind = 'rooms'"
+        } else {
+            "1 = 1"
+        }
+    }
+}
+
 /// Reads the latest `limit` runs and the last successful one.
 pub async fn read(db: &Path, limit: u32) -> Result<StatusReport, StatusError> {
     // A database we may not see is not a missing one: say which.
@@ -92,15 +139,17 @@ pub async fn read(db: &Path, limit: u32) -> Result<StatusReport, StatusError> {
     let mut conn = open_read_only(db).await.map_err(read_err)?;
     // One read transaction: the three answers agree with each other.
     let mut tx = conn.begin().await.map_err(read_err)?;
+    let schema = SchemaParts::read(&mut tx).await.map_err(read_err)?;
+    let (columns, rooms_runs) = (schema.run_columns(), schema.rooms_runs());
     let runs = sqlx::query_as::<_, RunRow>(&format!(
-        "SELECT {RUN_COLUMNS} FROM sync_runs WHERE kind = 'rooms' ORDER BY run_id DESC LIMIT ?1"
+        "SELECT {columns} FROM sync_runs WHERE {rooms_runs} ORDER BY run_id DESC LIMIT ?1"
     ))
     .bind(limit)
     .fetch_all(&mut *tx)
     .await
     .map_err(read_err)?;
     let last_success = sqlx::query_as::<_, RunRow>(&format!(
-        "SELECT {RUN_COLUMNS} FROM sync_runs WHERE kind = 'rooms' AND status = 'succeeded'
+        "SELECT {columns} FROM sync_runs WHERE {rooms_runs} AND status = 'succeeded'
          ORDER BY run_id DESC LIMIT 1"
     ))
     .fetch_optional(&mut *tx)
@@ -111,11 +160,21 @@ pub async fn read(db: &Path, limit: u32) -> Result<StatusReport, StatusError> {
             .fetch_one(&mut *tx)
             .await
             .map_err(read_err)?;
-    let budget = quota::read(&mut tx).await.map_err(read_err)?;
-    let latest_refresh = read_refresh(&mut tx, "").await.map_err(read_err)?;
-    let last_refresh_success = read_refresh(&mut tx, "AND r.status = 'succeeded'")
-        .await
-        .map_err(read_err)?;
+    let budget = if schema.budget {
+        quota::read(&mut tx).await.map_err(read_err)?
+    } else {
+        None
+    };
+    let (latest_refresh, last_refresh_success) = if schema.availability {
+        (
+            read_refresh(&mut tx, "").await.map_err(read_err)?,
+            read_refresh(&mut tx, "AND r.status = 'succeeded'")
+                .await
+                .map_err(read_err)?,
+        )
+    } else {
+        (None, None)
+    };
     tx.rollback().await.map_err(read_err)?;
     conn.close().await.map_err(read_err)?;
     Ok(StatusReport {

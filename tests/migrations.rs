@@ -145,3 +145,35 @@ async fn the_next_change_after_the_upgrade_gets_a_new_id() {
         "change ids go on from the sequence, not from the largest id left"
     );
 }
+
+/// `roomsync status` on a mirror the daemon has not migrated yet (the package upgraded, the
+/// service not yet restarted) or a replica of an older primary: what that schema holds, no
+/// error, and the file left as it was.
+#[tokio::test]
+async fn status_reads_a_mirror_of_schema_5_without_migrating_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("rooms.db");
+    std::fs::copy(SCHEMA_5, &db).unwrap();
+    let before = std::fs::read(&db).unwrap();
+
+    let report = roomsync::status::read(&db, 10)
+        .await
+        .expect("status reads schema 5");
+    let runs: Vec<String> = report
+        .runs
+        .iter()
+        .map(|r| format!("{}|{}|{}", r.run_id, r.status, r.warnings))
+        .collect();
+    assert_eq!(runs, ["3|failed|0", "2|succeeded|0", "1|succeeded|0"]);
+    assert_eq!(report.last_success.as_ref().map(|r| r.run_id), Some(2));
+    assert_eq!(report.active_rooms, 5);
+    assert!(report.budget.is_none() && report.latest_refresh.is_none());
+    let text = report.render(
+        &db,
+        std::time::Duration::from_secs(3600 * 24 * 365 * 10),
+        None,
+    );
+    assert!(text.contains("active rooms: 5"), "{text}");
+    assert!(text.contains("last success: run 2 finished"), "{text}");
+    assert_eq!(std::fs::read(&db).unwrap(), before, "status never writes");
+}
