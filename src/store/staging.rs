@@ -5,7 +5,7 @@
 //! Rooms and their label links go in as multi-row inserts; labels, groups and id lists travel
 //! as one JSON array unpacked by SQLite's `json_each`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 use sqlx::sqlite::SqliteConnection;
@@ -62,6 +62,21 @@ pub struct Staging {
 /// of 32,766 values per statement.
 const ROOMS_PER_STATEMENT: usize = 100;
 const LINKS_PER_STATEMENT: usize = 500;
+
+/// A label as staged: one JSON object of the array `set_labels` binds.
+#[derive(Serialize)]
+struct StagedLabel<'a> {
+    label_id: i64,
+    label_name: Option<&'a str>,
+}
+
+/// A group as staged: one JSON object of the array `set_groups` binds.
+#[derive(Serialize)]
+struct StagedGroup<'a> {
+    group_id: i64,
+    group_name: Option<&'a str>,
+    parent_id: Option<i64>,
+}
 
 fn to_json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("staging rows serialize")
@@ -192,13 +207,20 @@ impl Staging {
         tx.commit().await
     }
 
-    /// Stages every label seen in the listing, with its latest name.
-    pub async fn set_labels(&mut self, labels: &[(i64, Option<&str>)]) -> sqlx::Result<()> {
+    /// Stages every label seen in the listing (label id -> its latest name).
+    pub async fn set_labels(&mut self, labels: &BTreeMap<i64, Option<String>>) -> sqlx::Result<()> {
+        let rows: Vec<StagedLabel> = labels
+            .iter()
+            .map(|(id, name)| StagedLabel {
+                label_id: *id,
+                label_name: name.as_deref(),
+            })
+            .collect();
         sqlx::query(
             "INSERT OR REPLACE INTO temp.stage_labels (label_id, label_name)
-             SELECT value ->> 0, value ->> 1 FROM json_each(?1) ORDER BY key",
+             SELECT value ->> 'label_id', value ->> 'label_name' FROM json_each(?1) ORDER BY key",
         )
-        .bind(to_json(&labels))
+        .bind(to_json(&rows))
         .execute(&mut self.conn)
         .await?;
         Ok(())
@@ -206,13 +228,18 @@ impl Staging {
 
     /// Stages groups; a group given twice keeps its later record.
     pub async fn set_groups(&mut self, groups: &[&Group]) -> sqlx::Result<()> {
-        let rows: Vec<(i64, Option<&str>, Option<i64>)> = groups
+        let rows: Vec<StagedGroup> = groups
             .iter()
-            .map(|g| (g.group_id, g.group_name.as_deref(), g.parent_id))
+            .map(|g| StagedGroup {
+                group_id: g.group_id,
+                group_name: g.group_name.as_deref(),
+                parent_id: g.parent_id,
+            })
             .collect();
         sqlx::query(
             "INSERT OR REPLACE INTO temp.stage_groups (group_id, group_name, parent_id)
-             SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?1) ORDER BY key",
+             SELECT value ->> 'group_id', value ->> 'group_name', value ->> 'parent_id'
+             FROM json_each(?1) ORDER BY key",
         )
         .bind(to_json(&rows))
         .execute(&mut self.conn)

@@ -466,15 +466,10 @@ async fn apply_listing(
         .await
         .map_err(|e| failures.store_failed("reading the mirror", e))?;
     progress.rooms_seen = Some(tally.rooms_seen);
-    let labels: Vec<(i64, Option<&str>)> = sorted
-        .labels
-        .iter()
-        .map(|(id, name)| (*id, name.as_deref()))
-        .collect();
     let groups: Vec<&Group> = sorted.groups.values().collect();
     let gone: Vec<&str> = tally.gone.iter().map(String::as_str).collect();
     let staged = async {
-        staging.set_labels(&labels).await?;
+        staging.set_labels(&sorted.labels).await?;
         staging.set_groups(&groups).await?;
         staging.set_removed(&gone).await
     };
