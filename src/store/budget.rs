@@ -16,6 +16,7 @@ pub struct RunCalls {
 }
 
 impl RunCalls {
+    /// Requests of every endpoint together.
     pub fn total(&self) -> u64 {
         self.by_endpoint.values().sum()
     }

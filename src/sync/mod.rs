@@ -283,12 +283,7 @@ async fn start_recorded(
     let run_id = runs::start_run(pool, kind, trigger)
         .await
         .map_err(record_err)?;
-    let span = match kind {
-        RunKind::Rooms => tracing::info_span!("sync_run", run_id, trigger = trigger.as_str()),
-        RunKind::Availability => {
-            tracing::info_span!("availability_refresh", run_id, trigger = trigger.as_str())
-        }
-    };
+    let span = run_span(kind, run_id, trigger);
     // The recorder task carries the run's span, as every task of the run does.
     let redactor = runner.api().redactor().clone();
     let metrics = runner.metrics().clone();
@@ -308,6 +303,16 @@ async fn start_recorded(
             calls: CallTally::default(),
         },
     })
+}
+
+/// The span every log line of a run carries, from its start to its webhook.
+pub(crate) fn run_span(kind: RunKind, run_id: i64, trigger: Trigger) -> tracing::Span {
+    match kind {
+        RunKind::Rooms => tracing::info_span!("sync_run", run_id, trigger = trigger.as_str()),
+        RunKind::Availability => {
+            tracing::info_span!("availability_refresh", run_id, trigger = trigger.as_str())
+        }
+    }
 }
 
 /// Runs a run's `body` in its span. A panic is a bug, but it must not take the process (or

@@ -10,7 +10,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::availability::run_refresh;
-use super::{run_sync, RunError, RunReport, SyncOptions};
+use super::{run_span, run_sync, RunError, RunReport, SyncOptions};
 use crate::budget::FIRST_RUN_COST;
 use crate::config::Settings;
 use crate::dingtalk::{CallTally, DingTalkApi};
@@ -40,6 +40,7 @@ impl HeldBack {
         }
     }
 
+    /// The sentence the skip is logged with.
     pub fn message(&self) -> &str {
         match self {
             HeldBack::Budget(m) | HeldBack::QuotaSpent(m) => m,
@@ -72,6 +73,8 @@ pub async fn run_once(
 }
 
 impl Runner {
+    /// A runner for `settings`, counting into `metrics`: the DingTalk client (its token and
+    /// rate limit shared by every run) and the webhook, when one is configured.
     pub fn new(settings: Settings, metrics: Metrics) -> Result<Runner, RunError> {
         let api = DingTalkApi::new(settings.dingtalk.clone(), metrics.clone())?;
         metrics.set_api_budget(settings.budget.monthly_calls);
@@ -89,14 +92,17 @@ impl Runner {
         })
     }
 
+    /// The settings the runner was made with.
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
 
+    /// The DingTalk client every run of this runner uses.
     pub fn api(&self) -> &Arc<DingTalkApi> {
         &self.api
     }
 
+    /// The metrics every run of this runner counts into.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
@@ -370,8 +376,13 @@ impl Runner {
         }
     }
 
-    /// The metrics of the run, the textfile, the webhook.
+    /// The metrics of the run, the textfile, the webhook; logged in the run's span.
     async fn after_run(&self, store: &Store, report: &RunReport) {
+        let span = run_span(report.kind, report.run_id, report.trigger);
+        self.after_run_steps(store, report).instrument(span).await
+    }
+
+    async fn after_run_steps(&self, store: &Store, report: &RunReport) {
         let counts = report.counts.unwrap_or_default();
         let changes = [
             ("added", counts.added - counts.restored),
