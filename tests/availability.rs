@@ -357,6 +357,17 @@ async fn more_than_half_failing_fails_the_refresh_and_changes_nothing() {
             .await,
         ["failed"]
     );
+    let error = env
+        .rows("SELECT error FROM sync_runs WHERE run_id = 3")
+        .await
+        .concat();
+    assert!(
+        error.starts_with(
+            "fetch: [availability.too_many_failed] 2 of 3 rooms could not be read, more than \
+             half; nothing was changed. First error: fetch: HTTP 403"
+        ),
+        "{error}"
+    );
 }
 
 #[tokio::test]

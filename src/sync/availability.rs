@@ -343,7 +343,7 @@ impl Refresh<'_> {
             .map(|r| r.error.as_str())
             .unwrap_or("");
         let message = format!(
-            "{} of {rooms} rooms could not be read, more than half; nothing was changed. \\
+            "{} of {rooms} rooms could not be read, more than half; nothing was changed. \
              First error: {first}",
             sorted.failed.len()
         );
