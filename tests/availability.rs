@@ -765,3 +765,60 @@ async fn availability_only_needs_it_enabled_and_status_tells_the_last_refresh() 
         ["1|1|1|1"]
     );
 }
+
+/// A refresh that can no longer succeed stops asking: each request would cost a call of the
+/// month's quota. With no token to be had, only the first batch tries for one (its three
+/// attempts), not every batch; with more than half of the rooms failed, the rest are not sent.
+#[tokio::test]
+async fn a_refresh_that_cannot_succeed_stops_spending_calls() {
+    let env = TestEnv::with("", &enabled("rooms_per_request = 1\nconcurrency = 1")).await;
+    synced_rooms(&env, 10).await;
+    let counted = |status: u16, body: Value| {
+        let served = Arc::new(AtomicUsize::new(0));
+        let counter = served.clone();
+        let respond = move |_: &Request| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            ResponseTemplate::new(status).set_body_json(body.clone())
+        };
+        (served, respond)
+    };
+
+    env.server.reset().await;
+    let (tokens, respond) = counted(500, json!({"code": "ServiceUnavailable"}));
+    Mock::given(method("POST"))
+        .and(path(TOKEN_PATH))
+        .respond_with(respond)
+        .mount(&env.server)
+        .await;
+    let out = refresh(&env).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("10 of 10 rooms could not be read"),
+        "{stderr}"
+    );
+    assert_eq!(
+        tokens.load(Ordering::SeqCst),
+        3,
+        "one batch's three attempts"
+    );
+
+    env.server.reset().await;
+    env.mount_token(None).await;
+    let (asked, respond) = counted(
+        403,
+        json!({"code": "Forbidden.AccessDenied.AccessTokenPermissionDenied"}),
+    );
+    Mock::given(method("POST"))
+        .and(path(SCHEDULES))
+        .respond_with(respond)
+        .mount(&env.server)
+        .await;
+    let out = refresh(&env).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        6,
+        "the sixth failed room of ten decides the refresh"
+    );
+}

@@ -36,6 +36,8 @@ pub mod codes {
     pub const ROOM_ERROR: &str = "availability.room_error";
     /// More than half of the rooms could not be read: the refresh changed nothing.
     pub const TOO_MANY_FAILED: &str = "availability.too_many_failed";
+    /// A batch not sent because the refresh could no longer succeed.
+    pub const NOT_ASKED: &str = "availability.not_asked";
 }
 
 /// Runs one refresh. The caller holds the sync lock (`_lock` is the proof); `shutdown`
@@ -94,6 +96,18 @@ impl Window {
 struct BatchAnswer<'a> {
     rooms: &'a [String],
     answer: Result<ScheduleAnswer, Failure>,
+}
+
+/// A batch the refresh gave up on before sending it.
+fn not_asked<'a>(rooms: &'a [String], why: &str) -> BatchAnswer<'a> {
+    BatchAnswer {
+        rooms,
+        answer: Err(Failure::new(
+            Stage::Fetch,
+            codes::NOT_ASKED,
+            format!("not asked: the refresh could no longer succeed after {why}"),
+        )),
+    }
 }
 
 /// The refresh's answers, sorted out.
@@ -226,7 +240,10 @@ impl Refresh<'_> {
         })
     }
 
-    /// Sends the batches, `concurrency` at a time; the client's rate limit spaces them.
+    /// Sends the batches, `concurrency` at a time; the client's rate limit spaces them. Once
+    /// the refresh cannot succeed (no token could be had, or more than half of the rooms
+    /// failed already), the batches not yet sent are not sent: each would cost a call of the
+    /// month's quota, and a token failure would be retried once per batch.
     async fn fetch<'b>(
         &self,
         batches: Vec<&'b [String]>,
@@ -234,25 +251,39 @@ impl Refresh<'_> {
         concurrency: usize,
         flusher: &CallFlusher<'_>,
     ) -> Vec<BatchAnswer<'b>> {
+        let rooms: usize = batches.iter().map(|b| b.len()).sum();
         let mut waiting = batches.into_iter();
         // Boxed with their lifetimes spelled out: the compiler cannot otherwise prove the
         // daemon's spawned run `Send` (rust-lang/rust#102211).
         let mut in_flight: FuturesUnordered<BoxFuture<'_, BatchAnswer<'b>>> =
             FuturesUnordered::new();
         let mut answers = Vec::new();
+        let mut failed_rooms = 0;
+        let mut given_up: Option<String> = None;
         loop {
-            while in_flight.len() < concurrency.max(1) {
+            while given_up.is_none() && in_flight.len() < concurrency.max(1) {
                 match waiting.next() {
                     Some(rooms) => in_flight.push(Box::pin(self.ask(rooms, window))),
                     None => break,
                 }
             }
-            match in_flight.next().await {
-                Some(answer) => answers.push(answer),
-                None => return answers,
+            let Some(answer) = in_flight.next().await else {
+                break;
+            };
+            if let Err(failure) = &answer.answer {
+                failed_rooms += answer.rooms.len();
+                if given_up.is_none() && (failure.stage == Stage::Auth || failed_rooms * 2 > rooms)
+                {
+                    given_up = Some(failure.to_string());
+                }
             }
+            answers.push(answer);
             flusher.flush_if_due().await;
         }
+        if let Some(why) = given_up {
+            answers.extend(waiting.map(|rooms| not_asked(rooms, &why)));
+        }
+        answers
     }
 
     /// One request: the free/busy of `rooms` over the window.
