@@ -1,10 +1,11 @@
 //! One sync run, the only sync path: `--sync-now`, the schedule and `--demo` all start it
-//! through [`run_once`] or [`run_on`].
+//! through [`run_once`] or [`Runner::run_on`].
 //!
 //! 1. record the run (`running`), committed at once;
 //! 2. fetch the group list and every page of rooms, validating as they come; the run's
-//!    [`ledger`] sets aside rooms identical to the mirror, and the rest go to TEMP staging
-//!    tables (no live table is written, no write transaction is open across a network call);
+//!    ledger (`sync/ledger.rs`) sets aside rooms identical to the mirror, and the rest go to
+//!    TEMP staging tables (no live table is written, no write transaction is open across a
+//!    network call);
 //! 3. apply in one short transaction that also writes the change feed and finishes the run row.
 //!
 //! Every error is recorded in `sync_errors` as it happens. A failed or interrupted run changes
