@@ -132,6 +132,48 @@ async fn unusable_groups_labels_and_records_are_left_out_and_the_run_goes_on() {
     );
     assert_eq!(env.data_snapshot().await, before);
     assert_eq!(warnings_of(&env, report.run_id).await.len(), 5);
+
+    // A listing that differs only in what is left out or ignored (an empty group object for a
+    // null one and back, no null label items, an unknown key) is the same data: no write.
+    let same_data = vec![
+        with(base, "someNewKey", json!({"nested": [1, 2]})),
+        with(room("g-empty", "E", &[], None), "roomGroup", Value::Null),
+        with(room("g-null", "N", &[], None), "roomGroup", json!({})),
+        with(
+            room("g-nulls", "NN", &[], None),
+            "roomGroup",
+            json!({"groupId": null}),
+        ),
+        with(
+            room("g-noid", "NoId", &[], None),
+            "roomGroup",
+            json!({"groupName": "Lost elsewhere"}),
+        ),
+        with(
+            room("l-noid", "L", &[], None),
+            "roomLabels",
+            json!([{"labelName": "another without id"}, {"labelId": 2, "labelName": "Phone"}]),
+        ),
+        with(
+            room("l-null", "LN", &[], None),
+            "roomLabels",
+            json!([{"labelId": 3, "labelName": "Projector"}]),
+        ),
+    ];
+    serve(
+        &env,
+        same_data,
+        json!({"result": [{"groupId": 1, "groupName": "Group 1", "parentId": 0}]}),
+    )
+    .await;
+    let report = env.sync().await;
+    assert_eq!(report.status.as_str(), "succeeded", "{report}");
+    assert_eq!(
+        env.rows("SELECT tbl FROM write_log").await,
+        Vec::<String>::new(),
+        "{report}"
+    );
+    assert_eq!(env.data_snapshot().await, before);
 }
 
 #[tokio::test]
