@@ -20,6 +20,21 @@ impl Scrape {
         Scrape(prometheus_parse::Scrape::parse(lines).expect("valid exposition format"))
     }
 
+    /// The sum of `name` over all its label sets.
+    pub fn sum(&self, name: &str) -> f64 {
+        self.0
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+            .sum()
+    }
+
     /// The value of `name` with exactly these labels (a counter not yet counted is 0).
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let wanted: HashMap<String, String> = labels
