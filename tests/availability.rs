@@ -644,7 +644,7 @@ async fn the_daemon_runs_both_schedules_never_two_runs_at_once() {
 }
 
 #[tokio::test]
-async fn sigterm_during_a_refresh_interrupts_it_and_changes_nothing() {
+async fn sigterm_during_a_refresh_interrupts_it_and_changes_nothing_in_sync_now_and_daemon() {
     let standin = StandIn::start(StandInConfig::new(OrgSpec::new(5, 40)))
         .await
         .unwrap();
@@ -695,6 +695,43 @@ async fn sigterm_during_a_refresh_interrupts_it_and_changes_nothing() {
         env.rows("SELECT kind || '|' || status FROM sync_runs ORDER BY run_id DESC LIMIT 1")
             .await,
         ["availability|interrupted"]
+    );
+    let after = (
+        busy(&env).await,
+        env.rows("SELECT room_id || checked_at FROM room_schedule_checks ORDER BY 1")
+            .await,
+    );
+    assert_eq!(after, before);
+
+    // The daemon, in a refresh of its own schedule: exits 0, the refresh interrupted.
+    env.write_config(
+        "",
+        &format!(
+            "[schedule]\ncron = \"0 0 0 1 1 *\"\nrun_on_start = false\n\n{}",
+            enabled("cron = \"* * * * * *\"\nrooms_per_request = 5\nconcurrency = 1")
+        ),
+    );
+    env.use_standin(slow.base_url().as_str());
+    let asked = slow.requests().schedules;
+    let mut daemon = Daemon::start(&env, &[]);
+    until(
+        &daemon,
+        Duration::from_secs(10),
+        "a refresh under way",
+        || {
+            let more = slow.requests().schedules > asked;
+            async move { more }
+        },
+    )
+    .await;
+    let signalled = Instant::now();
+    daemon.signal("-TERM");
+    assert_eq!(daemon.wait(Duration::from_secs(5)).await, 0);
+    assert!(signalled.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        env.rows("SELECT kind || '|' || trigger || '|' || status FROM sync_runs ORDER BY run_id DESC LIMIT 1")
+            .await,
+        ["availability|schedule|interrupted"]
     );
     let after = (
         busy(&env).await,
@@ -820,5 +857,56 @@ async fn a_refresh_that_cannot_succeed_stops_spending_calls() {
         asked.load(Ordering::SeqCst),
         6,
         "the sixth failed room of ten decides the refresh"
+    );
+}
+
+/// Refresh ticks are paced under `[budget]` like room-list ticks (held back while the month's
+/// calls are above the even-spending line), and estimated at the refresh's own cost: one call
+/// for each `rooms_per_request` rooms, 10 for 20 rooms at 2 a request.
+#[tokio::test]
+async fn refresh_ticks_are_paced_at_the_refreshs_own_cost() {
+    let shanghai = |calls| roomsync::budget::Budget::new(calls, "Asia/Shanghai").unwrap();
+    // A budget whose line is well above zero whatever the day of the month.
+    let share = shanghai(1).pace(SystemTime::now()).elapsed_share.max(1e-6);
+    let budget = ((1000.0 / share).ceil() as u64).max(100_000);
+    let env = TestEnv::with(
+        "",
+        &format!(
+            "[schedule]\ncron = \"0 0 0 1 1 *\"\nrun_on_start = false\n\n\
+             [budget]\nmonthly_calls = {budget}\ntime_zone = \"Asia/Shanghai\"\n\n{}",
+            enabled("cron = \"* * * * * *\"\nrooms_per_request = 2")
+        ),
+    )
+    .await;
+    synced_rooms(&env, 20).await;
+    let pace = shanghai(budget).pace(SystemTime::now());
+    let so_far = env.scalar("SELECT SUM(calls) FROM api_calls").await;
+    write_sql(
+        &env.db,
+        &format!(
+            "UPDATE api_calls SET calls = calls + {} WHERE month = '{}'
+             AND endpoint = '/v1.0/rooms/meetingRoomLists'",
+            pace.line.ceil() as i64 + 2 - so_far,
+            pace.month
+        ),
+    )
+    .await;
+    let mut daemon = Daemon::start(&env, &[]);
+    until(
+        &daemon,
+        Duration::from_secs(10),
+        "a refresh tick held back",
+        || async { daemon.log().contains("skipping this tick: API budget") },
+    )
+    .await;
+    daemon.signal("-TERM");
+    assert_eq!(daemon.wait(Duration::from_secs(5)).await, 0);
+    let log = daemon.log();
+    assert!(log.contains("and a run costs about 10"), "{log}");
+    assert_eq!(
+        env.scalar("SELECT COUNT(*) FROM sync_runs WHERE kind = 'availability'")
+            .await,
+        0,
+        "{log}"
     );
 }
