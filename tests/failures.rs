@@ -217,6 +217,28 @@ async fn a_wrong_field_type_fails_naming_the_field() {
     let (env, before, report) =
         fail_on_body(json!({"hasMore": true, "nextToken": "abc", "result": []})).await;
     assert_failed_untouched(&env, &before, &report, "nextToken: invalid type").await;
+
+    let mut bad = room("a", "A", &[], None);
+    bad["roomId"] = json!(42);
+    let (env, before, report) = fail_on_body(json!({"hasMore": false, "result": [bad]})).await;
+    assert_failed_untouched(&env, &before, &report, "result[0].roomId: invalid type").await;
+
+    let mut bad = room("a", "A", &[], None);
+    bad["roomId"] = json!("");
+    let (env, before, report) = fail_on_body(json!({"hasMore": false, "result": [bad]})).await;
+    assert_failed_untouched(&env, &before, &report, "result[0]: room without roomId").await;
+
+    // An integer outside i64: refused, not wrapped or cut.
+    let mut bad = room("a", "A", &[], None);
+    bad["roomCapacity"] = json!(9_223_372_036_854_775_808u64);
+    let (env, before, report) = fail_on_body(json!({"hasMore": false, "result": [bad]})).await;
+    assert_failed_untouched(
+        &env,
+        &before,
+        &report,
+        "result[0].roomCapacity: invalid value",
+    )
+    .await;
 }
 
 #[tokio::test]
