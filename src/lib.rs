@@ -8,7 +8,8 @@
 //! - [`store`] (the database: opening, migrations, runs, staging, the apply), [`dingtalk`]
 //!   (the API client and its data), [`notify`] (the webhook);
 //! - [`config`] (settings), [`lock`] (one run at a time), [`failure`] (a run's errors),
-//!   [`telemetry`] (logging), [`signal`] (SIGTERM and SIGINT), [`metrics`] (Prometheus).
+//!   [`telemetry`] (logging), [`signal`] (SIGTERM and SIGINT), [`metrics`] (Prometheus),
+//!   [`http`] (what every HTTP client shares: TLS).
 
 pub mod budget;
 pub mod cli;
@@ -17,6 +18,7 @@ pub mod daemon;
 pub mod demo;
 pub mod dingtalk;
 pub mod failure;
+pub mod http;
 pub mod lock;
 pub mod manual;
 pub mod metrics;

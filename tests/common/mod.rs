@@ -543,3 +543,10 @@ pub async fn log_writes(env: &TestEnv) {
     }
     write_sql(&env.db, &sql).await;
 }
+
+/// A GET from the tests' own HTTP client, built as roomsync builds its clients (reqwest's
+/// `get` would find no TLS provider installed).
+pub async fn http_get(url: &str) -> reqwest::Result<reqwest::Response> {
+    let client = roomsync::http::client_builder().build()?;
+    client.get(url).send().await
+}
