@@ -300,13 +300,12 @@ impl Drop for Busy {
 
 /// Half the watchdog interval systemd asks for, when it asks.
 fn watchdog_period() -> Option<Duration> {
-    let mut usec = 0u64;
-    sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec / 2))
+    sd_notify::watchdog_enabled().map(|interval| interval / 2)
 }
 
 /// Tells systemd (when run by it); a no-op otherwise.
 fn notify(states: &[NotifyState]) {
-    if let Err(e) = sd_notify::notify(false, states) {
+    if let Err(e) = sd_notify::notify(states) {
         tracing::debug!(error = %e, "sd_notify failed");
     }
 }

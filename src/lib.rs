@@ -11,7 +11,8 @@
 //!   API calls), [`dingtalk`] (the API client and its data), [`notify`] (the webhook);
 //! - [`config`] (settings), [`lock`] (one run at a time), [`failure`] (a run's errors),
 //!   [`telemetry`] (logging), [`signal`] (SIGTERM and SIGINT), [`metrics`] (Prometheus),
-//!   [`budget`] (DingTalk's monthly API quota: quota months and the even-spending line).
+//!   [`budget`] (DingTalk's monthly API quota: quota months and the even-spending line),
+//!   [`http`] (what every HTTP client shares: TLS).
 
 pub mod budget;
 pub mod cli;
@@ -20,6 +21,7 @@ pub mod daemon;
 pub mod demo;
 pub mod dingtalk;
 pub mod failure;
+pub mod http;
 pub mod lock;
 pub mod manual;
 pub mod metrics;

@@ -75,7 +75,7 @@ enum Attempt {
 
 impl Notifier {
     pub fn new(settings: NotifySettings, metrics: Metrics) -> Result<Notifier, reqwest::Error> {
-        let http = reqwest::Client::builder()
+        let http = crate::http::client_builder()
             .timeout(settings.timeout)
             .user_agent(concat!("roomsync/", env!("CARGO_PKG_VERSION")))
             // A redirect could carry the signed body elsewhere.

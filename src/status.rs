@@ -141,17 +141,18 @@ pub async fn read(db: &Path, limit: u32) -> Result<StatusReport, StatusError> {
     let mut tx = conn.begin().await.map_err(read_err)?;
     let schema = SchemaParts::read(&mut tx).await.map_err(read_err)?;
     let (columns, rooms_runs) = (schema.run_columns(), schema.rooms_runs());
-    let runs = sqlx::query_as::<_, RunRow>(&format!(
+    // Built from constants only (the column list and the condition); the limit is bound.
+    let runs = sqlx::query_as::<_, RunRow>(sqlx::AssertSqlSafe(format!(
         "SELECT {columns} FROM sync_runs WHERE {rooms_runs} ORDER BY run_id DESC LIMIT ?1"
-    ))
+    )))
     .bind(limit)
     .fetch_all(&mut *tx)
     .await
     .map_err(read_err)?;
-    let last_success = sqlx::query_as::<_, RunRow>(&format!(
+    let last_success = sqlx::query_as::<_, RunRow>(sqlx::AssertSqlSafe(format!(
         "SELECT {columns} FROM sync_runs WHERE {rooms_runs} AND status = 'succeeded'
          ORDER BY run_id DESC LIMIT 1"
-    ))
+    )))
     .fetch_optional(&mut *tx)
     .await
     .map_err(read_err)?;
@@ -187,18 +188,18 @@ pub async fn read(db: &Path, limit: u32) -> Result<StatusReport, StatusError> {
     })
 }
 
-/// The latest availability refresh matching `condition` (an `AND ...` on `r`).
+/// The latest availability refresh matching `condition` (an `AND ...` on `r`, a literal).
 async fn read_refresh(
     conn: &mut sqlx::SqliteConnection,
-    condition: &str,
+    condition: &'static str,
 ) -> sqlx::Result<Option<RefreshRow>> {
-    sqlx::query_as(&format!(
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT r.run_id, r.status, r.finished_at, r.rooms_seen, r.error,
                 (SELECT COUNT(*) FROM room_schedule_checks AS c
                  WHERE c.run_id = r.run_id AND c.error IS NOT NULL) AS failed_rooms
          FROM sync_runs AS r WHERE r.kind = 'availability' {condition}
          ORDER BY r.run_id DESC LIMIT 1"
-    ))
+    )))
     .fetch_optional(conn)
     .await
 }

@@ -217,7 +217,7 @@ async fn the_daemon_skips_ticks_to_stay_on_the_even_spending_line() {
     )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+    let text = http_get(&format!("http://127.0.0.1:{port}/metrics"))
         .await
         .unwrap()
         .text()

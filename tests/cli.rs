@@ -56,6 +56,35 @@ async fn a_failed_sync_exits_1_naming_dingtalks_code() {
     );
 }
 
+/// TLS trusts the system's certificate store (SSL_CERT_FILE and SSL_CERT_DIR replace it, as
+/// for OpenSSL): with no CA certificate at all the client cannot be set up, and the sync says
+/// so instead of failing each request.
+#[tokio::test]
+async fn without_any_ca_certificate_a_sync_exits_1_saying_so() {
+    let env = TestEnv::new().await;
+    env.reset_upstream(&rooms_in_pages(1)).await;
+    let empty = env.dir.path().join("no-certificates.pem");
+    std::fs::write(&empty, "").unwrap();
+    let out = sync_now(
+        &env,
+        &[
+            ("RUST_LOG", "off"),
+            ("SSL_CERT_FILE", empty.to_str().unwrap()),
+            ("SSL_CERT_DIR", ""),
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot set up the HTTP client")
+            && stderr.contains("No CA certificates were loaded from the system"),
+        "{stderr}"
+    );
+    assert!(env.server.received_requests().await.unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn config_errors_exit_2_name_the_key_and_create_nothing() {
     let env = TestEnv::new().await;

@@ -817,7 +817,10 @@ async fn a_full_disk_never_leaves_a_run_running_or_names_a_run_that_does_not_exi
 
 async fn env_rows(db: &std::path::Path, sql: &str) -> Vec<String> {
     let pool = open_pool(db).await;
-    let rows = sqlx::query_scalar(sql).fetch_all(&pool).await.unwrap();
+    let rows = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
     pool.close().await;
     rows
 }

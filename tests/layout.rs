@@ -20,6 +20,7 @@ const LAYERS: &[&[&str]] = &[
         "signal",
         "metrics",
         "budget",
+        "http",
     ],
 ];
 

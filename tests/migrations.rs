@@ -27,10 +27,12 @@ async fn rows_of(db: &Path, table: &str, columns: &str) -> Vec<String> {
         .map(|c| format!("quote({c})"))
         .collect::<Vec<_>>()
         .join(" || '|' || ");
-    sqlx::query_scalar(&format!("SELECT {expr} FROM {table} ORDER BY {columns}"))
-        .fetch_all(&mut conn)
-        .await
-        .unwrap()
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT {expr} FROM {table} ORDER BY {columns}"
+    )))
+    .fetch_all(&mut conn)
+    .await
+    .unwrap()
 }
 
 /// Every table of schema 5 with its columns then.

@@ -15,7 +15,7 @@ use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 async fn get(url: &str) -> (u16, String) {
-    let response = reqwest::get(url).await.unwrap();
+    let response = common::http_get(url).await.unwrap();
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
@@ -242,7 +242,7 @@ async fn the_daemon_serves_metrics_that_follow_its_runs_and_survive_a_restart() 
     );
     let daemon = Daemon::start(&env, &[]);
     let m = loop {
-        if let Ok(response) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+        if let Ok(response) = common::http_get(&format!("http://127.0.0.1:{port}/metrics")).await {
             break Scrape::parse(&response.text().await.unwrap());
         }
         assert!(daemon.log().len() < 100_000);

@@ -38,7 +38,7 @@ fn cell(row: &SqliteRow, i: usize) -> String {
 async fn run_example(env: &TestEnv, name: &str, params: &[&str]) -> Vec<String> {
     let pool = env.pool().await;
     let sql = example(name);
-    let mut query = sqlx::query(&sql);
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for p in params {
         query = query.bind(*p);
     }

@@ -31,7 +31,10 @@ async fn query(db: &Path, sql: &str) -> Vec<String> {
         .connect_with(SqliteConnectOptions::new().filename(db).read_only(true))
         .await
         .unwrap();
-    let rows: Vec<String> = sqlx::query_scalar(sql).fetch_all(&pool).await.unwrap();
+    let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
     pool.close().await;
     rows
 }

@@ -108,7 +108,7 @@ struct Attempts {
 impl DingTalkApi {
     /// The API for the process; its token and rate limit are shared by every run.
     pub fn new(cfg: DingTalkSettings, metrics: Metrics) -> Result<Arc<Self>, reqwest::Error> {
-        let http = reqwest::Client::builder()
+        let http = crate::http::client_builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("roomsync/", env!("CARGO_PKG_VERSION")))

@@ -32,15 +32,12 @@ pub async fn serve(
         humantime::format_duration(latency),
     );
     tracing::info!(%url, rooms = org.rooms, "stand-in listening");
-    let _ = sd_notify::notify(
-        false,
-        &[
-            NotifyState::Ready,
-            NotifyState::Status(&format!("serving {} rooms at {url}", org.rooms)),
-        ],
-    );
+    let _ = sd_notify::notify(&[
+        NotifyState::Ready,
+        NotifyState::Status(&format!("serving {} rooms at {url}", org.rooms)),
+    ]);
     shutdown.cancelled().await;
-    let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
+    let _ = sd_notify::notify(&[NotifyState::Stopping]);
     standin.stop().await;
     Ok(())
 }

@@ -240,7 +240,8 @@ async fn settle_candidates(conn: &mut SqliteConnection) -> sqlx::Result<()> {
         .bind(Added.as_str())
         .execute(&mut *conn)
         .await?;
-    sqlx::query(&changed_fields_sql())
+    // Built from the constant column list only (no input reaches the text).
+    sqlx::query(sqlx::AssertSqlSafe(changed_fields_sql()))
         .bind(Candidate.as_str())
         .execute(&mut *conn)
         .await?;
@@ -323,12 +324,13 @@ async fn write_labels(conn: &mut SqliteConnection) -> sqlx::Result<()> {
 /// New rooms, and changed and reappearing rooms.
 async fn write_rooms(conn: &mut SqliteConnection, now: &str) -> sqlx::Result<()> {
     let columns = SYNCED_ROOM_COLUMNS.join(", ");
+    // Both texts are built from the constant column list only.
     execute(
         conn,
-        &format!(
+        sqlx::AssertSqlSafe(format!(
             "INSERT INTO main.rooms (room_id, {columns}, first_seen_at, updated_at, removed_at)
              SELECT room_id, {columns}, ?1, ?1, NULL FROM temp.stage_rooms WHERE change = 'added'"
-        ),
+        )),
         &[now],
     )
     .await?;
@@ -338,12 +340,12 @@ async fn write_rooms(conn: &mut SqliteConnection, now: &str) -> sqlx::Result<()>
         .collect();
     execute(
         conn,
-        &format!(
+        sqlx::AssertSqlSafe(format!(
             "UPDATE main.rooms AS r SET {}, updated_at = ?1, removed_at = NULL
              FROM temp.stage_rooms AS s
              WHERE s.room_id = r.room_id AND s.change IN ('updated', 'restored')",
             assignments.join(", ")
-        ),
+        )),
         &[now],
     )
     .await?;
@@ -485,8 +487,13 @@ async fn finish_run(
     Ok(())
 }
 
-/// Runs one statement with text parameters; returns the rows it changed.
-async fn execute(conn: &mut SqliteConnection, sql: &str, params: &[&str]) -> sqlx::Result<u64> {
+/// Runs one statement with text parameters; returns the rows it changed. The values go through
+/// `params`, never into the text: `sql` is a literal or an `AssertSqlSafe` of constants.
+async fn execute(
+    conn: &mut SqliteConnection,
+    sql: impl sqlx::SqlSafeStr,
+    params: &[&str],
+) -> sqlx::Result<u64> {
     let mut query = sqlx::query(sql);
     for p in params {
         query = query.bind(*p);
@@ -494,7 +501,7 @@ async fn execute(conn: &mut SqliteConnection, sql: &str, params: &[&str]) -> sql
     Ok(query.execute(conn).await?.rows_affected())
 }
 
-async fn count(conn: &mut SqliteConnection, sql: &str) -> sqlx::Result<u64> {
+async fn count(conn: &mut SqliteConnection, sql: &'static str) -> sqlx::Result<u64> {
     let n: i64 = sqlx::query_scalar(sql).fetch_one(conn).await?;
     Ok(n as u64)
 }

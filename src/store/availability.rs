@@ -174,21 +174,22 @@ const SAME_ITEM: &str = "s.room_id = b.room_id AND s.start_at = b.start_at AND s
 /// Every answered room's rows become its staged items: rows no longer answered go (those
 /// that ended before the window among them), new ones come, identical ones stay untouched.
 async fn replace_busy_rows(conn: &mut SqliteConnection) -> sqlx::Result<()> {
-    sqlx::query(&format!(
+    // Both texts are constants joined with SAME_ITEM, a constant: no input reaches them.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "DELETE FROM main.room_busy AS b
          WHERE b.room_id IN (SELECT room_id FROM temp.availability_rooms)
            AND NOT EXISTS (SELECT 1 FROM temp.availability_stage AS s WHERE {SAME_ITEM})"
-    ))
+    )))
     .execute(&mut *conn)
     .await?;
-    sqlx::query(&format!(
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO main.room_busy
              (room_id, start_at, end_at, event_id, status, organizer_id, time_zone)
          SELECT DISTINCT s.room_id, s.start_at, s.end_at, s.event_id, s.status, s.organizer_id,
                 s.time_zone
          FROM temp.availability_stage AS s
          WHERE NOT EXISTS (SELECT 1 FROM main.room_busy AS b WHERE {SAME_ITEM})"
-    ))
+    )))
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -197,9 +197,10 @@ impl Staging {
         let ids = to_json(&room_ids);
         let mut tx = self.conn.begin().await?;
         for table in ["stage_rooms", "stage_room_labels"] {
-            sqlx::query(&format!(
+            // `table` is one of the two names above; the ids are bound.
+            sqlx::query(sqlx::AssertSqlSafe(format!(
                 "DELETE FROM temp.{table} WHERE room_id IN (SELECT value FROM json_each(?1))"
-            ))
+            )))
             .bind(&ids)
             .execute(&mut *tx)
             .await?;

@@ -116,13 +116,28 @@ pub enum RunError {
     },
     #[error(transparent)]
     Open(#[from] StoreError),
-    /// The HTTP client could not be set up (its TLS backend, say).
+    /// The HTTP client could not be set up (its TLS backend, say; no CA certificate on the
+    /// system): reqwest's error and its causes, which say what was wrong.
     #[error("cannot set up the HTTP client: {0}")]
-    Http(#[from] reqwest::Error),
+    Http(String),
     /// The run could not even be recorded (the database refused the run row); no run id
     /// was given out.
     #[error("run not recorded: the database {path} refused the run record: {source}")]
     Record { path: String, source: sqlx::Error },
+}
+
+impl From<reqwest::Error> for RunError {
+    /// reqwest's own message ("builder error") says nothing without its causes.
+    fn from(e: reqwest::Error) -> Self {
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        RunError::Http(message)
+    }
 }
 
 impl fmt::Display for RunReport {

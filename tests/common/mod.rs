@@ -282,7 +282,10 @@ impl TestEnv {
 
     pub async fn rows(&self, sql: &str) -> Vec<String> {
         let pool = self.pool().await;
-        let rows = sqlx::query(sql).fetch_all(&pool).await.unwrap();
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
         pool.close().await;
         rows.into_iter()
             .map(|r| {
@@ -307,7 +310,9 @@ impl TestEnv {
             .max_connections(1)
             .connect_with(options)
             .await?;
-        let n = sqlx::query_scalar(sql).fetch_one(&pool).await;
+        let n = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&pool)
+            .await;
         pool.close().await;
         n
     }
@@ -376,7 +381,10 @@ pub async fn write_sql(db: &Path, sql: &str) {
         .connect()
         .await
         .unwrap();
-    sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut conn)
+        .await
+        .unwrap();
 }
 
 pub async fn open_pool(db: &Path) -> SqlitePool {
@@ -393,9 +401,9 @@ pub async fn open_pool(db: &Path) -> SqlitePool {
 
 /// Rows of a table, each as `quote(col)|quote(col)|...`, in key order.
 pub async fn table_rows(pool: &SqlitePool, table: &str) -> Vec<String> {
-    let cols: Vec<String> = sqlx::query_scalar(&format!(
+    let cols: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT name FROM pragma_table_info('{table}') ORDER BY cid"
-    ))
+    )))
     .fetch_all(pool)
     .await
     .unwrap();
@@ -405,10 +413,12 @@ pub async fn table_rows(pool: &SqlitePool, table: &str) -> Vec<String> {
         .collect::<Vec<_>>()
         .join(" || '|' || ");
     let order = cols.join(", ");
-    sqlx::query_scalar(&format!("SELECT {expr} FROM {table} ORDER BY {order}"))
-        .fetch_all(pool)
-        .await
-        .unwrap()
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT {expr} FROM {table} ORDER BY {order}"
+    )))
+    .fetch_all(pool)
+    .await
+    .unwrap()
 }
 
 /// A room record as DingTalk sends it.
@@ -532,4 +542,11 @@ pub async fn log_writes(env: &TestEnv) {
         }
     }
     write_sql(&env.db, &sql).await;
+}
+
+/// A GET from the tests' own HTTP client, built as roomsync builds its clients (reqwest's
+/// `get` would find no TLS provider installed).
+pub async fn http_get(url: &str) -> reqwest::Result<reqwest::Response> {
+    let client = roomsync::http::client_builder().build()?;
+    client.get(url).send().await
 }

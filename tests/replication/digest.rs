@@ -18,9 +18,9 @@ pub struct TableDigest {
 
 /// Rows of `table` as `quote(col)|...` in key order (the order of all columns).
 async fn table_rows(conn: &mut SqliteConnection, table: &str) -> Vec<String> {
-    let cols: Vec<String> = sqlx::query_scalar(&format!(
+    let cols: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT name FROM pragma_table_info('{table}') ORDER BY cid"
-    ))
+    )))
     .fetch_all(&mut *conn)
     .await
     .unwrap();
@@ -34,10 +34,12 @@ async fn table_rows(conn: &mut SqliteConnection, table: &str) -> Vec<String> {
         .map(|c| format!("\"{c}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    sqlx::query_scalar(&format!("SELECT {expr} FROM \"{table}\" ORDER BY {order}"))
-        .fetch_all(&mut *conn)
-        .await
-        .unwrap()
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT {expr} FROM \"{table}\" ORDER BY {order}"
+    )))
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap()
 }
 
 async fn digest(conn: &mut SqliteConnection, table: &str) -> TableDigest {

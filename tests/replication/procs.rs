@@ -143,7 +143,7 @@ impl Moto {
         cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
         let mut proc = Proc::spawn("moto_server", cmd, dir.join("moto.log"));
         let endpoint = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::new();
+        let client = roomsync::http::client_builder().build().unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         while client.get(&endpoint).send().await.is_err() {
             proc.assert_running();

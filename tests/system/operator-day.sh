@@ -19,7 +19,8 @@ set -euo pipefail
 
 DEB=${1:?usage: $0 path/to/roomsync.deb}
 SUITE=bookworm
-INCLUDE=systemd,systemd-sysv,dbus,sqlite3,passwd
+# ca-certificates: a dependency of the package (the container has no apt lists to fetch it).
+INCLUDE=systemd,systemd-sysv,dbus,sqlite3,passwd,ca-certificates
 CACHE_DIR=${ROOMSYNC_SYSTEST_CACHE:-/var/cache/roomsync-systest}
 PORT=8089
 ROOMS=250
