@@ -294,5 +294,5 @@ async fn status_does_not_wait_for_a_running_sync() {
 /// The daemon's metrics, as Prometheus would scrape them.
 async fn scrape(port: u16) -> Scrape {
     let url = format!("http://127.0.0.1:{port}/metrics");
-    Scrape::parse(&reqwest::get(url).await.unwrap().text().await.unwrap())
+    Scrape::parse(&http_get(&url).await.unwrap().text().await.unwrap())
 }

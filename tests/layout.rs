@@ -456,3 +456,32 @@ fn function_lengths_ignore_literals_and_test_modules() {
     );
     assert_eq!(functions(&code), vec![(1, 4), (13, 15)]);
 }
+
+/// Every HTTP client is built by `src/http.rs`, which installs rustls' crypto provider first:
+/// a reqwest client built any other way panics at its first use (reqwest 0.13 is built with
+/// `rustls-no-provider`). Checked over src/, tests/ and benches/.
+#[test]
+fn every_http_client_comes_from_the_http_module() {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for dir in ["src", "tests", "benches"] {
+        collect(&manifest.join(dir), &mut files);
+    }
+    let forbidden = ["reqwest::get(", "Client::builder()", "Client::new()"];
+    let mut offenders = Vec::new();
+    for path in files.iter().filter(|p| !p.ends_with("src/http.rs")) {
+        let code: String = blank_out(&std::fs::read_to_string(path).unwrap())
+            .into_iter()
+            .collect();
+        for (n, line) in code.lines().enumerate() {
+            if forbidden.iter().any(|f| line.contains(f)) {
+                offenders.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "build HTTP clients with roomsync::http::client_builder():\n{}",
+        offenders.join("\n")
+    );
+}

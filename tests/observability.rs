@@ -29,7 +29,7 @@ async fn scrape(port: u16) -> Scrape {
 /// of a run are updated just after its record is written: a test that waited on the database
 /// could scrape before them.
 async fn runs_counted(port: u16) -> f64 {
-    match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+    match common::http_get(&format!("http://127.0.0.1:{port}/metrics")).await {
         Ok(response) => Scrape::parse(&response.text().await.unwrap()).sum("roomsync_runs_total"),
         Err(_) => 0.0,
     }
