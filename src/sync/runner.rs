@@ -61,6 +61,29 @@ pub struct Runner {
     quota_spent_until: Mutex<Option<SystemTime>>,
 }
 
+/// What a run does: the room list, or an availability refresh.
+#[derive(Debug, Clone, Copy)]
+enum Work {
+    Rooms(SyncOptions),
+    Availability(Trigger),
+}
+
+impl Work {
+    fn kind(self) -> RunKind {
+        match self {
+            Work::Rooms(_) => RunKind::Rooms,
+            Work::Availability(_) => RunKind::Availability,
+        }
+    }
+
+    fn trigger(self) -> Trigger {
+        match self {
+            Work::Rooms(options) => options.trigger,
+            Work::Availability(trigger) => trigger,
+        }
+    }
+}
+
 /// One run with a runner of its own (fresh metrics, a new token): for one-shot callers
 /// (`--demo`, tests, the benchmark). See [`Runner::run_once`].
 pub async fn run_once(
@@ -114,18 +137,7 @@ impl Runner {
         options: SyncOptions,
         shutdown: CancellationToken,
     ) -> Result<RunReport, RunError> {
-        let lock = self.take_lock()?;
-        let store = Store::open(&self.settings.database.path).await?;
-        if options.trigger == Trigger::Manual {
-            // The operator asked: the run goes ahead, said to be over budget when it is.
-            self.record_budget(&store).await;
-            if let Err(held) = self.budget_allows(&store, RunKind::Rooms).await {
-                tracing::warn!("{}; --sync-now runs anyway", held.message());
-            }
-        }
-        let report = self.run_locked(&store, &lock, options, shutdown).await;
-        store.close().await;
-        report
+        self.once(Work::Rooms(options), shutdown).await
     }
 
     /// One run on a database kept open (the daemon's): take the sync lock (without waiting),
@@ -136,21 +148,7 @@ impl Runner {
         options: SyncOptions,
         shutdown: CancellationToken,
     ) -> Result<RunReport, RunError> {
-        let lock = self.take_lock()?;
-        self.run_locked(store, &lock, options, shutdown).await
-    }
-
-    async fn run_locked(
-        &self,
-        store: &Store,
-        lock: &SyncLock,
-        options: SyncOptions,
-        shutdown: CancellationToken,
-    ) -> Result<RunReport, RunError> {
-        self.record_budget(store).await;
-        let report = run_sync(self, store, lock, options, shutdown).await?;
-        self.after_run(store, &report).await;
-        Ok(report)
+        self.on(store, Work::Rooms(options), shutdown).await
     }
 
     /// One availability refresh as a one-shot process does it: lock, open, refresh, close.
@@ -159,17 +157,7 @@ impl Runner {
         trigger: Trigger,
         shutdown: CancellationToken,
     ) -> Result<RunReport, RunError> {
-        let lock = self.take_lock()?;
-        let store = Store::open(&self.settings.database.path).await?;
-        if trigger == Trigger::Manual {
-            self.record_budget(&store).await;
-            if let Err(held) = self.budget_allows(&store, RunKind::Availability).await {
-                tracing::warn!("{}; --sync-now runs anyway", held.message());
-            }
-        }
-        let report = self.refresh_locked(&store, &lock, trigger, shutdown).await;
-        store.close().await;
-        report
+        self.once(Work::Availability(trigger), shutdown).await
     }
 
     /// One availability refresh on a database kept open (the daemon's).
@@ -179,19 +167,49 @@ impl Runner {
         trigger: Trigger,
         shutdown: CancellationToken,
     ) -> Result<RunReport, RunError> {
-        let lock = self.take_lock()?;
-        self.refresh_locked(store, &lock, trigger, shutdown).await
+        self.on(store, Work::Availability(trigger), shutdown).await
     }
 
-    async fn refresh_locked(
+    async fn once(&self, work: Work, shutdown: CancellationToken) -> Result<RunReport, RunError> {
+        let lock = self.take_lock()?;
+        let store = Store::open(&self.settings.database.path).await?;
+        self.record_budget(&store).await;
+        if work.trigger() == Trigger::Manual {
+            // The operator asked: the run goes ahead, said to be over budget when it is.
+            if let Err(held) = self.budget_allows(&store, work.kind()).await {
+                tracing::warn!("{}; --sync-now runs anyway", held.message());
+            }
+        }
+        let report = self.locked(&store, &lock, work, shutdown).await;
+        store.close().await;
+        report
+    }
+
+    async fn on(
+        &self,
+        store: &Store,
+        work: Work,
+        shutdown: CancellationToken,
+    ) -> Result<RunReport, RunError> {
+        let lock = self.take_lock()?;
+        self.record_budget(store).await;
+        self.locked(store, &lock, work, shutdown).await
+    }
+
+    /// The run itself, the budget recorded and the lock held; then its metrics and webhook.
+    async fn locked(
         &self,
         store: &Store,
         lock: &SyncLock,
-        trigger: Trigger,
+        work: Work,
         shutdown: CancellationToken,
     ) -> Result<RunReport, RunError> {
-        self.record_budget(store).await;
-        let report = run_refresh(self, store, lock, trigger, shutdown).await?;
+        let report = match work {
+            Work::Rooms(options) => run_sync(self, store, lock, options, shutdown).await?,
+            Work::Availability(trigger) => {
+                run_refresh(self, store, lock, trigger, shutdown).await?
+            }
+        };
         self.after_run(store, &report).await;
         Ok(report)
     }
