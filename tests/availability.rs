@@ -229,6 +229,22 @@ async fn busy(env: &TestEnv) -> Vec<String> {
     env.rows("SELECT room_id || '|' || start_at || '|' || end_at || '|' || IFNULL(event_id, '') FROM room_busy ORDER BY 1").await
 }
 
+/// What a refresh may change: the busy rows and each room's last check.
+#[derive(Debug, PartialEq)]
+struct AvailabilityState {
+    busy: Vec<String>,
+    checks: Vec<String>,
+}
+
+async fn availability_state(env: &TestEnv) -> AvailabilityState {
+    AvailabilityState {
+        busy: busy(env).await,
+        checks: env
+            .rows("SELECT room_id || checked_at FROM room_schedule_checks ORDER BY 1")
+            .await,
+    }
+}
+
 #[tokio::test]
 async fn busy_rows_are_replaced_a_same_answer_writes_nothing_and_errors_keep_rows() {
     let env = TestEnv::with("", &enabled("")).await;
@@ -312,11 +328,7 @@ async fn more_than_half_failing_fails_the_refresh_and_changes_nothing() {
         .mount(&env.server)
         .await;
     assert_eq!(refresh(&env).await.status.code(), Some(0));
-    let before = (
-        busy(&env).await,
-        env.rows("SELECT room_id || checked_at FROM room_schedule_checks ORDER BY 1")
-            .await,
-    );
+    let before = availability_state(&env).await;
 
     // Two of three requests refused: the refresh fails and nothing changes.
     env.server.reset().await;
@@ -346,11 +358,7 @@ async fn more_than_half_failing_fails_the_refresh_and_changes_nothing() {
         text(&out.stderr)
     );
     assert_eq!(served.load(Ordering::SeqCst), 1);
-    let after = (
-        busy(&env).await,
-        env.rows("SELECT room_id || checked_at FROM room_schedule_checks ORDER BY 1")
-            .await,
-    );
+    let after = availability_state(&env).await;
     assert_eq!(after, before);
     assert_eq!(
         env.rows("SELECT status FROM sync_runs WHERE run_id = 3")
@@ -653,11 +661,7 @@ async fn sigterm_during_a_refresh_interrupts_it_and_changes_nothing_in_sync_now_
         sync_now(&env, &[("RUST_LOG", "off")]).await.status.code(),
         Some(0)
     );
-    let before = (
-        busy(&env).await,
-        env.rows("SELECT room_id || checked_at FROM room_schedule_checks ORDER BY 1")
-            .await,
-    );
+    let before = availability_state(&env).await;
     // Slow answers from now on: the refresh is under way when the signal comes.
     let slow = StandIn::start(StandInConfig {
         page_latency: Duration::from_secs(30),
@@ -696,11 +700,7 @@ async fn sigterm_during_a_refresh_interrupts_it_and_changes_nothing_in_sync_now_
             .await,
         ["availability|interrupted"]
     );
-    let after = (
-        busy(&env).await,
-        env.rows("SELECT room_id || checked_at FROM room_schedule_checks ORDER BY 1")
-            .await,
-    );
+    let after = availability_state(&env).await;
     assert_eq!(after, before);
 
     // The daemon, in a refresh of its own schedule: exits 0, the refresh interrupted.
@@ -733,11 +733,7 @@ async fn sigterm_during_a_refresh_interrupts_it_and_changes_nothing_in_sync_now_
             .await,
         ["availability|schedule|interrupted"]
     );
-    let after = (
-        busy(&env).await,
-        env.rows("SELECT room_id || checked_at FROM room_schedule_checks ORDER BY 1")
-            .await,
-    );
+    let after = availability_state(&env).await;
     assert_eq!(after, before);
 }
 

@@ -754,7 +754,7 @@ async fn a_full_disk_never_leaves_a_run_running_or_names_a_run_that_does_not_exi
     assert_eq!(run().status.code(), Some(0));
     let pristine = env.dir.path().join("pristine.db");
     std::fs::copy(&db, &pristine).unwrap();
-    let before = snapshot_of(&db).await;
+    let before = data_snapshot_of(&db).await;
     env.reset_upstream(&[rooms("Renamed")]).await;
 
     let mut outcomes = Vec::new();
@@ -787,7 +787,7 @@ async fn a_full_disk_never_leaves_a_run_running_or_names_a_run_that_does_not_exi
                 "{reserve_kib} KiB: output names run {id}, which does not exist: {runs:?}; {stderr}"
             );
         }
-        let data = snapshot_of(&db).await;
+        let data = data_snapshot_of(&db).await;
         match out.status.code() {
             Some(0) => assert_ne!(data, before, "{reserve_kib} KiB: succeeded, so applied"),
             code => {
@@ -823,21 +823,4 @@ async fn env_rows(db: &std::path::Path, sql: &str) -> Vec<String> {
         .unwrap();
     pool.close().await;
     rows
-}
-
-/// The mirror's data rows (not the run records).
-async fn snapshot_of(db: &std::path::Path) -> String {
-    let pool = open_pool(db).await;
-    let mut out = String::new();
-    for table in [
-        "rooms",
-        "labels",
-        "room_labels",
-        "room_groups",
-        "room_changes",
-    ] {
-        out.push_str(&table_rows(&pool, table).await.join("\n"));
-    }
-    pool.close().await;
-    out
 }

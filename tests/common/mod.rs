@@ -261,23 +261,7 @@ impl TestEnv {
 
     /// Every data row of the mirror (not the run records), for "nothing changed" checks.
     pub async fn data_snapshot(&self) -> String {
-        let pool = self.pool().await;
-        let mut out = String::new();
-        for table in [
-            "rooms",
-            "labels",
-            "room_labels",
-            "room_groups",
-            "room_changes",
-        ] {
-            out.push_str(&format!("[{table}]\n"));
-            for row in table_rows(&pool, table).await {
-                out.push_str(&row);
-                out.push('\n');
-            }
-        }
-        pool.close().await;
-        out
+        data_snapshot_of(&self.db).await
     }
 
     pub async fn rows(&self, sql: &str) -> Vec<String> {
@@ -385,6 +369,27 @@ pub async fn write_sql(db: &Path, sql: &str) {
         .execute(&mut conn)
         .await
         .unwrap();
+}
+
+/// Every data row of the mirror at `db` (not the run records), for "nothing changed" checks.
+pub async fn data_snapshot_of(db: &Path) -> String {
+    let pool = open_pool(db).await;
+    let mut out = String::new();
+    for table in [
+        "rooms",
+        "labels",
+        "room_labels",
+        "room_groups",
+        "room_changes",
+    ] {
+        out.push_str(&format!("[{table}]\n"));
+        for row in table_rows(&pool, table).await {
+            out.push_str(&row);
+            out.push('\n');
+        }
+    }
+    pool.close().await;
+    out
 }
 
 pub async fn open_pool(db: &Path) -> SqlitePool {
