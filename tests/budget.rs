@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use common::daemon::{until, Daemon};
-use common::scrape::{free_port, Scrape};
+use common::scrape::{free_port, scrape};
 use common::*;
 use roomsync::budget::Budget;
 use roomsync::standin::{OrgSpec, StandIn, StandInConfig};
@@ -217,13 +217,7 @@ async fn the_daemon_skips_ticks_to_stay_on_the_even_spending_line() {
     )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let text = http_get(&format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let m = Scrape::parse(&text);
+    let m = scrape(port).await;
     daemon.signal("-TERM");
     assert_eq!(daemon.wait(Duration::from_secs(5)).await, 0);
     assert_eq!(

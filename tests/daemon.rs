@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::daemon::{succeeded_runs, until, Daemon};
-use common::scrape::{free_port, Scrape};
+use common::scrape::{free_port, scrape};
 use common::*;
 use roomsync::lock::SyncLock;
 
@@ -289,10 +289,4 @@ async fn status_does_not_wait_for_a_running_sync() {
         "status waited for the writer"
     );
     tx.rollback().await.unwrap();
-}
-
-/// The daemon's metrics, as Prometheus would scrape them.
-async fn scrape(port: u16) -> Scrape {
-    let url = format!("http://127.0.0.1:{port}/metrics");
-    Scrape::parse(&http_get(&url).await.unwrap().text().await.unwrap())
 }

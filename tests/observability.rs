@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::daemon::{until, Daemon};
-use common::scrape::{free_port, Scrape};
+use common::scrape::{free_port, metrics_text, scrape, try_scrape, Scrape};
 use common::*;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
@@ -19,20 +19,13 @@ async fn get(url: &str) -> (u16, String) {
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
-async fn scrape(port: u16) -> Scrape {
-    let (status, text) = get(&format!("http://127.0.0.1:{port}/metrics")).await;
-    assert_eq!(status, 200, "{text}");
-    Scrape::parse(&text)
-}
-
 /// Runs finished so far, as the metrics count them (0 before the listener is up). The metrics
 /// of a run are updated just after its record is written: a test that waited on the database
 /// could scrape before them.
 async fn runs_counted(port: u16) -> f64 {
-    match common::http_get(&format!("http://127.0.0.1:{port}/metrics")).await {
-        Ok(response) => Scrape::parse(&response.text().await.unwrap()).sum("roomsync_runs_total"),
-        Err(_) => 0.0,
-    }
+    try_scrape(port)
+        .await
+        .map_or(0.0, |m| m.sum("roomsync_runs_total"))
 }
 
 async fn wait_for_runs(port: u16, daemon: &Daemon, n: u32) {
@@ -210,7 +203,7 @@ async fn the_daemon_serves_metrics_that_follow_its_runs_and_survive_a_restart() 
         .mount(&env.server)
         .await;
     wait_for_runs(port, &daemon, 5).await;
-    let (_, text) = get(&format!("http://127.0.0.1:{port}/metrics")).await;
+    let text = metrics_text(port).await;
     let m = Scrape::parse(&text);
     assert_eq!(
         m.value(
@@ -242,8 +235,8 @@ async fn the_daemon_serves_metrics_that_follow_its_runs_and_survive_a_restart() 
     );
     let daemon = Daemon::start(&env, &[]);
     let m = loop {
-        if let Ok(response) = common::http_get(&format!("http://127.0.0.1:{port}/metrics")).await {
-            break Scrape::parse(&response.text().await.unwrap());
+        if let Some(m) = try_scrape(port).await {
+            break m;
         }
         assert!(daemon.log().len() < 100_000);
         tokio::time::sleep(Duration::from_millis(20)).await;

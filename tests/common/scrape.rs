@@ -1,5 +1,5 @@
-//! Reading what roomsync exports for Prometheus in tests: a free port to listen on, and a
-//! scrape parsed with a Prometheus text parser.
+//! Reading what roomsync exports for Prometheus in tests: a free port to listen on, the
+//! daemon's `/metrics`, and a scrape parsed with a Prometheus text parser.
 
 use std::collections::HashMap;
 
@@ -9,6 +9,30 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+fn metrics_url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}/metrics")
+}
+
+/// The text the daemon serves on `/metrics` at `port` (the listener must be up: status 200).
+pub async fn metrics_text(port: u16) -> String {
+    let response = super::http_get(&metrics_url(port)).await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    text
+}
+
+/// The daemon's metrics at `port`, as Prometheus would scrape them.
+pub async fn scrape(port: u16) -> Scrape {
+    Scrape::parse(&metrics_text(port).await)
+}
+
+/// The metrics at `port`, or None while nothing listens there yet.
+pub async fn try_scrape(port: u16) -> Option<Scrape> {
+    let response = super::http_get(&metrics_url(port)).await.ok()?;
+    Some(Scrape::parse(&response.text().await.ok()?))
 }
 
 /// A scrape, parsed with a Prometheus text parser.
